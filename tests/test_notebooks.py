@@ -47,3 +47,9 @@ def test_notebooks_are_clean(tmp_path):
     subprocess.run([str(BIN/'nbdev_clean')], cwd=tmp_path, check=True, capture_output=True)
     diff = _tree_diff(ROOT/'nbs', tmp_path/'nbs', '*.ipynb')
     assert not diff, f'run nbdev_clean and commit: these notebooks are not clean: {diff}'
+
+def test_readme_generated_from_index():
+    "README.md is what `python tools/build_readme.py` writes from nbs/index.ipynb."
+    sys.path.insert(0, str(ROOT/'tools'))
+    from build_readme import readme_text
+    assert (ROOT/'README.md').read_text() == readme_text(), 'run `python tools/build_readme.py` and commit README.md'
