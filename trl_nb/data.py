@@ -155,7 +155,9 @@ class SegData:
         if len(cls) > VOID: raise ValueError(f'{src}: at most {VOID} classes (index {VOID} is void), got {len(cls)}')
         return cls
 
-    def split_path(self, split): return self.split_dir/f'{split}.txt'
+    def split_path(self, split):
+        "Path of `split`'s id list."
+        return self.split_dir/f'{split}.txt'
 
     def ids(self, split # 'train_strong', 'train_weak', 'val' or any other split file name
            )->list:
