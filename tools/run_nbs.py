@@ -7,7 +7,7 @@ import re, sys, time, subprocess
 from pathlib import Path
 from execnb.nbio import read_nb, write_nb
 from execnb.shell import CaptureShell
-from fastcore.basics import working_directory
+from fastcore.xtras import working_directory
 
 def _directives(src):
     return {m.group(1).strip(): m.group(2).strip() for m in re.finditer(r'^#\|\s*([\w-]+:?)\s*(.*)$', src, re.M)}
