@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['dctn_cfgs', 'dctn_variants', 'DCTNConfig', 'block_ws', 'ValidRegion', 'twins_block', 'twins_block_forward',
            'CrossTransformerBlock', 'Warmup', 'ConvBlock', 'LowLevelExtractor', 'TwinsStream', 'LinearHead', 'FPNHead',
-           'DCTN', 'dctn', 'class_label_filter']
+           'DCTN', 'dctn', 'load_twins_weights', 'dctn_costs', 'class_label_filter']
 
-# %% ../nbs/05_dctn.ipynb #94c843f8
+# %% ../nbs/05_dctn.ipynb #9e7005fb
 import math
 from dataclasses import dataclass, fields, replace
 from functools import partial
@@ -21,7 +21,7 @@ from timm.layers import LayerNorm2d
 from timm.models.twins import PatchEmbed, LocallyGroupedAttn, GlobalSubSampleAttn, PosConv, Block
 from timm.models._manipulate import adapt_input_conv
 
-# %% ../nbs/05_dctn.ipynb #3d3e42a6
+# %% ../nbs/05_dctn.ipynb #507bb346
 @dataclass(frozen=True)
 class DCTNConfig:
     "Architecture of a DCTN (Table 1); every tuple has one entry per Transformer stage"
@@ -54,9 +54,11 @@ class DCTNConfig:
 dctn_cfgs = dict(
     svt_s=DCTNConfig(),
     small=DCTNConfig(embed_dims=(32, 64, 128, 256), num_heads=(1, 2, 4, 8), depths=(2, 2, 2, 2), sr_ratios=(4, 2, 1, 1),
-                     warmup_chans=32, low_chans=32, fpn_dim=64))
+                     warmup_chans=32, low_chans=32, fpn_dim=64),
+    tiny=DCTNConfig(embed_dims=(16, 32, 32, 32), num_heads=(1, 2, 2, 2), depths=(2, 2, 1, 1), wss=(2, 2, 2, 2),
+                    sr_ratios=(2, 1, 1, 1), warmup_chans=8, low_chans=8, fpn_dim=16))
 
-# %% ../nbs/05_dctn.ipynb #f54be4d4
+# %% ../nbs/05_dctn.ipynb #0ebf0ad7
 def block_ws(cfg:DCTNConfig, k:int, j:int):
     "Sub-window size of block `j` of stage `k` (1 = global sub-sampled attention)"
     return 1 if (j % 2 or j == cfg.depths[k] - 1 or cfg.wss[k] <= 1) else cfg.wss[k]
@@ -70,7 +72,7 @@ def size_unit(self:DCTNConfig):
         unit = math.lcm(unit, s * math.lcm(self.wss[k] if has_lsa else 1, self.sr_ratios[k]))
     return unit
 
-# %% ../nbs/05_dctn.ipynb #1179a3d7
+# %% ../nbs/05_dctn.ipynb #967fca06
 class ValidRegion:
     "Real (unpadded) top-left part of each image in a padded batch, seen at any stride"
     def __init__(self,
@@ -100,7 +102,7 @@ class ValidRegion:
         b = torch.arange(x.shape[0], device=x.device)[:, None, None]
         return x.permute(0, 2, 3, 1)[b, r[:, :, None], c[:, None, :]].permute(0, 3, 1, 2)
 
-# %% ../nbs/05_dctn.ipynb #b812db9a
+# %% ../nbs/05_dctn.ipynb #02cf4dd0
 _twins_norm = partial(nn.LayerNorm, eps=1e-6)
 
 def twins_block(dim, num_heads, mlp_ratio=4., sr_ratio=1, ws=1, drop_path=0.):
@@ -161,7 +163,7 @@ def twins_block_forward(blk:Block, x, size, mask=None):
     x = x + blk.drop_path2(blk.mlp(blk.norm2(x)))
     return x.where(mask.flatten(1)[..., None], 0.)
 
-# %% ../nbs/05_dctn.ipynb #56d3a413
+# %% ../nbs/05_dctn.ipynb #8e3a7491
 class CrossTransformerBlock(nn.Module):
     "Dual-input, dual-output Twins block whose attention takes values from the other stream (Eq. 3-5)"
     def __init__(self,
@@ -197,7 +199,7 @@ class CrossTransformerBlock(nn.Module):
             x, h = x.where(keep, 0.), h.where(keep, 0.)
         return (x, h, dict(qk1=s1, qk2=s2, a1=a1, a2=a2)) if return_attn else (x, h)
 
-# %% ../nbs/05_dctn.ipynb #724b36bf
+# %% ../nbs/05_dctn.ipynb #23afcb38
 class Warmup(nn.Sequential):
     "Heat-map warm-up (Conv0): BatchNorm, 1x1 convolution, BatchNorm"
     def __init__(self, in_chans:int, out_chans:int=64):
@@ -220,7 +222,7 @@ class LowLevelExtractor(nn.Module):
             if region is not None: x = region.zero(x, 1)
         return x
 
-# %% ../nbs/05_dctn.ipynb #2b3e459f
+# %% ../nbs/05_dctn.ipynb #d48fec15
 class TwinsStream(nn.Module):
     "One stream of Twins-SVT stages from timm modules, with timm's parameter names"
     def __init__(self,
@@ -239,7 +241,7 @@ class TwinsStream(nn.Module):
             self.pos_block.append(PosConv(dim, dim))
             prev, cur = dim, cur + d
 
-# %% ../nbs/05_dctn.ipynb #d6075b2c
+# %% ../nbs/05_dctn.ipynb #643ca540
 def _upsample(x, size, region=None, stride=1):
     "Bilinear upsampling to `size`, clamping at the real border of a padded map"
     if x.shape[-2:] == tuple(size): return x
@@ -287,7 +289,7 @@ class FPNHead(nn.Module):
         y = _upsample(self.classifier(y), size, region, strides[0])
         return y + _group_norm(self.low_norm, self.low_conv(low), region)
 
-# %% ../nbs/05_dctn.ipynb #c665dea3
+# %% ../nbs/05_dctn.ipynb #59c06160
 class DCTN(nn.Module):
     "Dual-cross Transformer network (Fig. 3) and its ablation variants"
     def __init__(self,
@@ -336,7 +338,7 @@ def _init_weights(m):
         nn.init.normal_(m.weight, 0, math.sqrt(2.0 / fan_out))
         if m.bias is not None: nn.init.zeros_(m.bias)
 
-# %% ../nbs/05_dctn.ipynb #a5d4fc81
+# %% ../nbs/05_dctn.ipynb #49392982
 @patch
 def forward_features(self:DCTN,
                      x:torch.Tensor, # images (B, in_chans, H, W), H and W multiples of `cfg.size_unit`
@@ -374,7 +376,7 @@ def forward_features(self:DCTN,
     low = None if self.head_type == 'linear' else lows['heat' if self.inputs == 'dual' else self.inputs]
     return dict(feats, low=low, attn=attns if return_attn else None)
 
-# %% ../nbs/05_dctn.ipynb #799e1ff0
+# %% ../nbs/05_dctn.ipynb #e7c1bca6
 @patch
 def forward_head(self:DCTN, feats:dict, size:tuple, region:ValidRegion|None=None):
     "Class logits (B, n_classes, *size) from `forward_features`' output"
@@ -402,7 +404,7 @@ def forward(self:DCTN,
     out = self.forward_head(feats, (Hp, Wp), region)[..., :H, :W]
     return (out, feats['attn']) if return_attn else out
 
-# %% ../nbs/05_dctn.ipynb #ede40d9d
+# %% ../nbs/05_dctn.ipynb #b67a7cf4
 dctn_variants = dict(
     dctn1=dict(),                                  # Table 2/3: DCTN_1, head Eq. 6
     dctn2=dict(head='fpn'),                        # DCTN_2, head Eq. 7
@@ -428,7 +430,92 @@ def dctn(variant:str='dctn1', # a key of `dctn_variants`
     kw = {**dctn_variants[variant], **{k: v for k, v in overrides.items() if k not in names}}
     return DCTN(n_classes, heat_chans, cfg, **kw)
 
-# %% ../nbs/05_dctn.ipynb #a405a96a
+# %% ../nbs/05_dctn.ipynb #184de659
+def _adapt_kernel(w:torch.Tensor, shape:tuple):
+    "Fit a pretrained conv kernel (O, I, J, K) to `shape`: input channels via timm's `adapt_input_conv`, kernel by summing cells"
+    O, I, kh, kw = shape
+    if w.shape[0] != O: raise ValueError(f'{w.shape[0]} output channels, expected {O}')
+    if w.shape[1] != I: w = adapt_input_conv(I, w)
+    J, K = w.shape[2:]
+    if (J, K) != (kh, kw):
+        if J % kh or K % kw: raise ValueError(f'kernel {J}x{K} does not split into {kh}x{kw} cells')
+        w = w.reshape(O, I, kh, J // kh, kw, K // kw).sum((3, 5))
+    return w
+
+def _twins_target(model, stream:str, key:str):
+    "Name in `model` of Twins parameter `key` for `stream`, or None"
+    parts = key.split('.')
+    if parts[0] in ('patch_embeds', 'pos_block'): return f'streams.{stream}.{key}'
+    if parts[0] != 'blocks' or int(parts[1]) >= len(model.cfg.depths): return None
+    k, j = int(parts[1]), int(parts[2])
+    n_ord = len(model.streams[stream].blocks[k])
+    if j < n_ord: return f'streams.{stream}.{key}'
+    if j == n_ord and model.cross is not None: return f"cross.{k}.{'x' if stream == 'image' else 'h'}." + '.'.join(parts[3:])
+
+def load_twins_weights(model:DCTN, # model to load into
+                       src, # a Twins state dict, or a file holding one (`torch.save`)
+                       streams:list|None=None): # streams to load (None: all of them)
+    "Load timm Twins-SVT weights into the Transformer streams; returns dict(loaded, adapted, unused, missing)"
+    if not isinstance(src, dict):
+        if not Path(src).is_file(): raise FileNotFoundError(f'load_twins_weights: no weight file {src}')
+        src = torch.load(src, map_location='cpu', weights_only=True)
+    for k in ('state_dict', 'model'):
+        if isinstance(src.get(k), dict): src = src[k]
+    streams = list(model.streams) if streams is None else list(streams)
+    if bad := [s for s in streams if s not in model.streams]: raise ValueError(f'load_twins_weights: no stream {bad}, model has {list(model.streams)}')
+    own, new, adapted, used = model.state_dict(), {}, [], set()
+    for s in streams:
+        for key, w in src.items():
+            tgt = _twins_target(model, s, key)
+            if tgt is None or tgt not in own: continue
+            if w.shape != own[tgt].shape:
+                try: w2 = _adapt_kernel(w, own[tgt].shape) if w.ndim == 4 else None
+                except ValueError: w2 = None
+                if w2 is None: continue
+                adapted.append(f'{tgt}: {tuple(w.shape)} -> {tuple(w2.shape)}')
+                w = w2
+            new[tgt], _ = w.to(own[tgt].dtype), used.add(key)
+    model.load_state_dict(new, strict=False)
+    prefixes = tuple(f'streams.{s}.' for s in streams) + (('cross.',) if model.cross is not None else ())
+    halves = {'image': '.x.', 'heat': '.h.'}
+    missing = [k for k in own if k.startswith(prefixes) and k not in new
+               and not (k.startswith('cross.') and not any(halves[s] in k for s in streams if s in halves))]
+    return dict(loaded=sorted(new), adapted=adapted, unused=sorted(set(src) - used), missing=missing)
+
+# %% ../nbs/05_dctn.ipynb #6a6e2cdf
+def _sdpa_cpu_flops(q, k, v, *args, out_shape=None, **kwargs):
+    from torch.utils.flop_counter import sdpa_flop_count
+    return sdpa_flop_count(q, k, v)
+
+def dctn_costs(model:DCTN, # model to measure
+               size:int=320): # side of the square input
+    "Parameters and forward FLOPs of the stems, each Transformer stage (both streams and the cross block) and the head"
+    from torch.utils.flop_counter import FlopCounterMode
+    parts = ['stem'] + [f'stage {k + 1}' for k in range(len(model.cfg.depths))] + ['head']
+    def part(name):
+        p = name.split('.')
+        if p[0] == 'streams': return f'stage {int(p[3]) + 1}'
+        if p[0] == 'cross': return f'stage {int(p[1]) + 1}'
+        return 'head' if p[0] == 'head' else 'stem'
+    params = dict.fromkeys(parts, 0)
+    for n, t in model.named_parameters(): params[part(n)] += t.numel()
+    p = next(model.parameters())
+    x = torch.zeros(1, model.in_chans, size, size, device=p.device, dtype=p.dtype)
+    h = torch.zeros(1, model.heat_chans, size, size, device=p.device, dtype=p.dtype)
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops}
+    flops = dict.fromkeys(parts, 0)
+    model.eval()
+    with FlopCounterMode(display=False, custom_mapping=mapping) as fc, torch.no_grad():
+        model(x, h)
+    for mod, ops in fc.get_flop_counts().items():  # modules that were called, nested: count each op once
+        n = mod.split('.')[1:]
+        level = dict(warm=1, low=2, cross=2, head=1, streams=5 if n[2:3] == ['blocks'] else 4).get(n[0] if n else '')
+        if level == len(n): flops[part('.'.join(n))] += sum(ops.values())
+    flops['total'], params['total'] = fc.get_total_flops(), sum(params.values())
+    parts.append('total')
+    return [dict(part=k, params=params[k], gflops=flops[k] / 1e9) for k in parts]
+
+# %% ../nbs/05_dctn.ipynb #e9655689
 def class_label_filter(probs:torch.Tensor, # (B, C, ...) class probabilities, channel 0 = background
                        labels): # (B, C) image-level labels, bool or 0/1, with a background column
     "Zero the channels of the classes absent from each image's labels; background is kept"
