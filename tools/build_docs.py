@@ -85,7 +85,7 @@ def _table_renderer():
             lines, cur, ind = [], f'{self.nm} (', ' ' * (len(self.nm) + 2)
             for i, q in enumerate(ps):
                 q += ', ' if i < len(ps) - 1 else ''
-                if len(cur) + len(q) > 72 and cur.strip(): lines.append(cur.rstrip()); cur = ind
+                if len(cur) + len(q) > 64 and cur.strip(): lines.append(cur.rstrip()); cur = ind
                 cur += q
             lines.append(cur + tail)
             return '\n'.join('>      ' + l for l in lines)
