@@ -16,7 +16,7 @@ def readme_text(nb_path=ROOT/'nbs'/'index.ipynb'):
     out = []
     for c in nb['cells']:
         src = ''.join(c['source'])
-        if c['cell_type'] == 'markdown': out.append(src.strip()); continue
+        if c['cell_type'] == 'markdown': out.append(src.strip().replace("](images/", "](nbs/images/")); continue
         d = _directives(src)
         if 'hide' in d or 'hide_input' in d and 'hide_output' in d: continue
         code = '\n'.join(l for l in src.splitlines() if not l.startswith('#|')).strip()
