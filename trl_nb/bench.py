@@ -8,9 +8,9 @@ __all__ = ['cpu_sdpa_flops', 'bench_builders', 'dctn_parts', 'gpu_peak_tflops', 
            'dctn_step', 'timm_step', 'flop_shares', 'bench_dctn', 'explicit_cross_forward', 'cross_step', 'bench_cross',
            'torchcam_heatmaps', 'bench_cam', 'toy_voc', 'pseudo_label_pass', 'bench_pseudo', 'tree_rss',
            'profile_command', 'bench_run', 'peak_tflops', 'bench_amp', 'summarise', 'bench_table', 'run_bench',
-           'trl_bench']
+           'trl_bench', 'plot_bench']
 
-# %% ../nbs/10_bench.ipynb #66b30a53
+# %% ../nbs/10_bench.ipynb #f743082e
 import ctypes, ctypes.util, json, os, platform, re, statistics, subprocess, sys, tempfile, time
 from contextlib import nullcontext
 from pathlib import Path
@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count, sdpa_back
 from fastcore.script import call_parse
 from .dctn import dctn, CrossTransformerBlock, class_label_filter
 
-# %% ../nbs/10_bench.ipynb #48af3dc1
+# %% ../nbs/10_bench.ipynb #7f3fa7aa
 def machine_info()->dict:
     "CPU model, cores, torch threads, load average, GPU name when CUDA is present"
     cpu = platform.processor() or platform.machine()
@@ -32,7 +32,7 @@ def machine_info()->dict:
     if torch.cuda.is_available(): info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda)
     return info
 
-# %% ../nbs/10_bench.ipynb #659ff792
+# %% ../nbs/10_bench.ipynb #f299ef7a
 def _sync(device):
     if torch.device(device).type == 'cuda': torch.cuda.synchronize()
 
@@ -50,7 +50,7 @@ def time_interleaved(fns:dict, # name -> function of no arguments
             runs[k].append(time.perf_counter() - t)
     return {k: dict(best=min(v), median=statistics.median(v), runs=v) for k, v in runs.items()}
 
-# %% ../nbs/10_bench.ipynb #5b461833
+# %% ../nbs/10_bench.ipynb #697c6296
 _aten = torch.ops.aten
 cpu_sdpa_flops = {
     _aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *a, **kw: sdpa_flop_count(q, k, v),
@@ -69,7 +69,7 @@ def module_flops(counts:dict, # {module name: FLOPs} from `count_flops`
     keys = [k for k in counts if k.startswith(prefix + '.')]
     return sum(counts[k] for k in keys if not any(k.startswith(o + '.') for o in keys))
 
-# %% ../nbs/10_bench.ipynb #274960b4
+# %% ../nbs/10_bench.ipynb #ebc22478
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 def pin_malloc(threshold:int=1 << 16)->bool:
@@ -93,7 +93,7 @@ def rss_peak(f)->int:
     f()
     return _vm('VmHWM') - base
 
-# %% ../nbs/10_bench.ipynb #9a3dbc10
+# %% ../nbs/10_bench.ipynb #b57692cc
 bench_builders = {}
 
 def builder(f):
@@ -121,7 +121,7 @@ def _child_main():
         del b
     print(json.dumps(dict(pinned=pinned, peaks=out)))
 
-# %% ../nbs/10_bench.ipynb #f4f36160
+# %% ../nbs/10_bench.ipynb #7aaab89b
 def measure_memory(jobs:list, # dicts(kind=<a `bench_builders` name>, kw=dict(...))
                    device=None): # default: CUDA when present
     "Peak memory (bytes) of one `step` of each job, and how it was measured"
@@ -144,7 +144,7 @@ def measure_memory(jobs:list, # dicts(kind=<a `bench_builders` name>, kw=dict(..
           ' (mallopt unavailable: freed memory may stay cached, so this is a lower bound)')
     return dict(peaks=res['peaks'], method=how)
 
-# %% ../nbs/10_bench.ipynb #ab91fc30
+# %% ../nbs/10_bench.ipynb #6cd5d515
 @builder
 def dctn_step(variant:str='dctn1', # a `trl_nb.dctn.dctn_variants` name
               cfg:str='svt_s', # a `trl_nb.dctn.dctn_cfgs` name ('svt_s' is Table 1)
@@ -185,7 +185,7 @@ def timm_step(name:str='twins_svt_small', # a timm model name
         with torch.no_grad(), _autocast(dev, amp): m(x)
     return SimpleNamespace(model=m, step=step, forward=forward)
 
-# %% ../nbs/10_bench.ipynb #7d59c3a7
+# %% ../nbs/10_bench.ipynb #96bb10db
 dctn_parts = dict(warmup='DCTN.warm', low_level='DCTN.low', image_stream='DCTN.streams.image',
                   heat_stream='DCTN.streams.heat', cross_blocks='DCTN.cross', head='DCTN.head')
 
@@ -196,7 +196,7 @@ def flop_shares(b)->dict:
     shares['other'] = 1 - sum(shares.values())
     return {k: round(v, 4) for k, v in shares.items()}
 
-# %% ../nbs/10_bench.ipynb #217e2b87
+# %% ../nbs/10_bench.ipynb #33bf93fe
 def bench_dctn(variants=('dctn1', 'dctn2'), # DCTN variants to measure
                cfg:str='svt_s', # DCTN architecture
                bs:int=8, size:int=320, # batch and crop side (Sec. 4.1: 8 and 320)
@@ -227,7 +227,7 @@ def bench_dctn(variants=('dctn1', 'dctn2'), # DCTN variants to measure
         res['memory_method'] = mem['method']
     return res
 
-# %% ../nbs/10_bench.ipynb #b4f5640b
+# %% ../nbs/10_bench.ipynb #a3707cfc
 def _kv_tokens(attn, x, size):
     "Key/value source tokens of a timm `GlobalSubSampleAttn`: `x` itself, or its `sr_ratio` reduction"
     if attn.sr is None: return x
@@ -257,7 +257,7 @@ def explicit_cross_forward(blk:CrossTransformerBlock, # a cross block (cross att
     h = h + bh.drop_path1(_explicit_attend(bh.attn, nh, rh, rx))
     return x + bx.drop_path2(bx.mlp(bx.norm2(x))), h + bh.drop_path2(bh.mlp(bh.norm2(h)))
 
-# %% ../nbs/10_bench.ipynb #099e3ab1
+# %% ../nbs/10_bench.ipynb #0a803a25
 @builder
 def cross_step(path:str='sdpa', # 'sdpa' (the block's forward) or 'explicit' (`explicit_cross_forward`)
                bs:int=2, # batch size
@@ -302,7 +302,7 @@ def bench_cross(bs:int=2, size:int=320, # batch and crop side
         res['memory_ratio'], res['memory_method'] = mem['peaks'][1] / mem['peaks'][0], mem['method']
     return res
 
-# %% ../nbs/10_bench.ipynb #4409a9d9
+# %% ../nbs/10_bench.ipynb #b23af81b
 def torchcam_heatmaps(model, # a `trl_nb.cam.CAMNet`
                       x:torch.Tensor, # normalised images (B, 3, H, W)
                       labels:torch.Tensor, # (B, n_classes) image-level labels, column 0 = background
@@ -327,7 +327,7 @@ def torchcam_heatmaps(model, # a `trl_nb.cam.CAMNet`
     mx = out.amax((2, 3), keepdim=True)
     return torch.where(mx > 0, out / mx.clamp(min=torch.finfo(out.dtype).tiny), 0.)
 
-# %% ../nbs/10_bench.ipynb #42d2b282
+# %% ../nbs/10_bench.ipynb #0c224dcd
 def _cam_inputs(n, size, n_classes, seed):
     "Random normalised images and labels with one to three foreground classes each"
     g = torch.Generator().manual_seed(seed)
@@ -352,15 +352,17 @@ def bench_cam(arch:str='resnet50', # CAM backbone (the paper configuration of `t
     x, labels = x.to(dev), labels.to(dev)
     ours = lambda: [cam_heatmaps(model, x[i:i + bs], labels[i:i + bs], scales, flip) for i in range(0, n_images, bs)]
     ref = lambda: torchcam_heatmaps(model, x, labels, scales, flip)
-    cam_heatmaps(model, x[:1], labels[:1], scales, flip); torchcam_heatmaps(model, x[:1], labels[:1], scales, flip)  # warm-up
+    flops = dict(ours=count_flops(lambda: cam_heatmaps(model, x[:1], labels[:1], scales, flip))[0],  # also the warm-up
+                 torchcam=count_flops(lambda: torchcam_heatmaps(model, x[:1], labels[:1], scales, flip))[0])
     t = time_interleaved(dict(ours=ours, torchcam=ref), reps, warmup=0, device=dev)
     res = dict(config=dict(arch=arch, n_images=n_images, bs=bs, size=size, scales=list(scales), flip=flip, reps=reps),
-               methods={k: dict(seconds=v['best'], seconds_median=v['median'], images_per_s=n_images / v['best']) for k, v in t.items()},
+               methods={k: dict(seconds=v['best'], seconds_median=v['median'], images_per_s=n_images / v['best'],
+                                flops_per_image=flops[k], flop_per_s=flops[k] * n_images / v['best']) for k, v in t.items()},
                target=3.)
     res['ratio'] = res['methods']['ours']['images_per_s'] / res['methods']['torchcam']['images_per_s']
     return res
 
-# %% ../nbs/10_bench.ipynb #40dfc713
+# %% ../nbs/10_bench.ipynb #77ffe181
 def toy_voc(root, # folder to create
             n:int, # weak images
             size:int=320, # image side
@@ -394,7 +396,7 @@ def toy_voc(root, # folder to create
         (root/'ImageSets/Segmentation'/f'{s}.txt').write_text(''.join(f'{i}\n' for i in l))
     return root
 
-# %% ../nbs/10_bench.ipynb #6a5d80db
+# %% ../nbs/10_bench.ipynb #d99eed0a
 def pseudo_label_pass(model, # a refinement network (DCTN)
                       data, # the `SegData`
                       ids:list, # images to label
@@ -409,14 +411,14 @@ def pseudo_label_pass(model, # a refinement network (DCTN)
         keep = torch.from_numpy(data.labels(i))[None]
         save_mask(class_label_filter(p[None], keep)[0].argmax(0).byte().numpy(), out/f'{i}.png')
 
-# %% ../nbs/10_bench.ipynb #60957168
+# %% ../nbs/10_bench.ipynb #f75864d1
 def bench_pseudo(n:int=8, # the smaller number of images
                  factor:int=10, # the larger is `factor * n`
                  variant:str='dctn2', # round-2 network (the one that writes the pseudo labels)
                  cfg:str='svt_s', size:int=320, bs:int=8, n_classes:int=21,
                  device=None, num_workers:int=0, seed:int=0):
     "Figure 4: images/s of the pseudo-label path at `n` and `factor * n` images, and the cost ratio per image"
-    from trl_nb.data import SegData
+    from trl_nb.data import SegData, save_heatmap, load_heatmap
     dev = _device(device)
     torch.manual_seed(seed)
     model = dctn(variant, cfg, n_classes).eval()
@@ -431,12 +433,16 @@ def bench_pseudo(n:int=8, # the smaller number of images
             _sync(dev)
             s = time.perf_counter() - t
             res['runs'][str(k)] = dict(images=k, seconds=s, images_per_s=k / s)
+        h = load_heatmap(heat/f'{ids[0]}.npz', n_classes)
+        t = time.perf_counter()
+        save_heatmap(h, Path(d)/'h.npz'); load_heatmap(Path(d)/'h.npz', n_classes)
+        res['heatmap_file_seconds'] = time.perf_counter() - t  # one h'_k written and read back, as the rounds do
     a, b = res['runs'][str(n)], res['runs'][str(factor * n)]
     res['cost_ratio'] = (b['seconds'] / b['images']) / (a['seconds'] / a['images'])  # 1: exactly linear
     res['target'] = 1.15
     return res
 
-# %% ../nbs/10_bench.ipynb #b3dbc243
+# %% ../nbs/10_bench.ipynb #c8026660
 def _descendants(pid:int)->list:
     "Pids of the living descendants of `pid` (Linux /proc)"
     out, todo = [], [pid]
@@ -456,7 +462,7 @@ def tree_rss(pid:int)->tuple:
         except (OSError, AttributeError): pass  # exited (or a zombie) between listing and reading
     return total, hwm
 
-# %% ../nbs/10_bench.ipynb #902fff3d
+# %% ../nbs/10_bench.ipynb #0905a360
 def profile_command(cmd:list, # the command and its arguments
                     stage_re:str=r'^(\w+): running', # an output line matching this starts a stage named by its group 1
                     interval:float=0.2, # seconds between memory samples
@@ -495,7 +501,7 @@ def profile_command(cmd:list, # the command and its arguments
     return dict(cmd=[str(c) for c in cmd], returncode=status, wall=wall, peak_rss=max([r for _, r in samples], default=0),
                 max_process_rss=hwm, stages=stages, output=''.join(lines), samples=len(samples))
 
-# %% ../nbs/10_bench.ipynb #96a99d5c
+# %% ../nbs/10_bench.ipynb #84ce07fd
 def bench_run(out=None, # output folder of the run (default: a temporary folder, deleted after)
               quick:bool=False, # `trl_run --quick` instead of the default configuration
               timeout:float=None, # seconds before the run is killed
@@ -512,7 +518,7 @@ def bench_run(out=None, # output folder of the run (default: a temporary folder,
                 wall=r['wall'], peak_rss=r['peak_rss'], max_process_rss=r['max_process_rss'], seconds=rep['seconds'],
                 stages={k: v for k, v in r['stages'].items()}, targets=dict(wall=600., peak_rss=6 * 2**30))
 
-# %% ../nbs/10_bench.ipynb #b95e330d
+# %% ../nbs/10_bench.ipynb #baa3825d
 gpu_peak_tflops = {'H200': 989., 'H100': 989., 'A100': 312., 'L40S': 362., 'L4': 121., 'A10': 125., 'RTX 4090': 165.,
                    'RTX 3090': 71., 'V100': 125., 'T4': 65.}  # dense bf16 (fp16 for V100, T4) tensor-core peaks
 
@@ -541,12 +547,12 @@ def bench_amp(variant:str='dctn1', cfg:str='svt_s', bs:int=8, size:int=320, reps
         for k, p in zip(('fp32', 'amp'), mem['peaks']): res['modes'][k]['peak_bytes'] = p
     return res
 
-# %% ../nbs/10_bench.ipynb #00dc23db
+# %% ../nbs/10_bench.ipynb #081144b6
 bench_presets = dict(
     spec=dict(dctn=dict(variants=('dctn1', 'dctn2'), cfg='svt_s', bs=8, size=320, reps=3),
               cross=dict(bs=2, size=320, reps=3),
               cam=dict(arch='resnet50', n_images=8, bs=8, size=320),
-              pseudo=dict(n=8, factor=10, cfg='svt_s', size=320, bs=8),
+              pseudo=dict(n=4, factor=10, cfg='svt_s', size=320, bs=8),
               run=dict(quick=False),
               amp=dict(variant='dctn1', cfg='svt_s', bs=8, size=320, reps=5)),
     quick=dict(dctn=dict(variants=('dctn1',), cfg='small', bs=1, size=80, reps=1),
@@ -558,7 +564,7 @@ bench_presets = dict(
 
 bench_fns = dict(dctn=bench_dctn, cross=bench_cross, cam=bench_cam, pseudo=bench_pseudo, run=bench_run, amp=bench_amp)
 
-# %% ../nbs/10_bench.ipynb #d6c3c598
+# %% ../nbs/10_bench.ipynb #68023f95
 def _row(figure, measure, ours, ref, ratio, target, higher=True, unit=''):
     ok = None if target is None or ratio is None else (ratio >= target if higher else ratio <= target)
     return dict(figure=figure, measure=measure, ours=ours, reference=ref, ratio=ratio, target=target,
@@ -600,7 +606,7 @@ def summarise(results:dict)->list:
         if r['mfu'] is not None: rows.append(_row('GPU', 'DCTN step MFU (autocast)', r['mfu'], None, None, None))
     return rows
 
-# %% ../nbs/10_bench.ipynb #d2b30e9e
+# %% ../nbs/10_bench.ipynb #8e0b7de0
 def _fmt(v):
     if v is None: return '-'
     if isinstance(v, bool): return 'yes' if v else 'NO'
@@ -640,7 +646,7 @@ def bench_table(res:dict)->str:
         if k in r and 'memory_method' in r[k]: out.append(f"\nCPU peak memory: {r[k]['memory_method']}"); break
     return '\n'.join(out)
 
-# %% ../nbs/10_bench.ipynb #60238aa0
+# %% ../nbs/10_bench.ipynb #10c72279
 def run_bench(which=('dctn', 'cross', 'cam', 'pseudo', 'run', 'amp'), # benchmarks to run, from `bench_fns`
               preset:str='spec', # a key of `bench_presets`
               overrides:dict=None, # {benchmark: {argument: value}} replacing the preset's entries
@@ -659,7 +665,7 @@ def run_bench(which=('dctn', 'cross', 'cam', 'pseudo', 'run', 'amp'), # benchmar
     res['rows'] = summarise(res['results'])
     return res
 
-# %% ../nbs/10_bench.ipynb #8e643508
+# %% ../nbs/10_bench.ipynb #2ee7a062
 @call_parse
 def trl_bench(only:str='dctn,cross,cam,pseudo,run,amp', # comma-separated benchmarks: dctn, cross, cam, pseudo, run, amp
               quick:bool=False, # tiny sizes (the 'quick' preset)
@@ -687,3 +693,21 @@ def trl_bench(only:str='dctn,cross,cam,pseudo,run,amp', # comma-separated benchm
         Path(json).write_text(text + '\n')
     print(text)
     return res
+
+# %% ../nbs/10_bench.ipynb #8120f616
+def plot_bench(res:dict, # `run_bench`'s result
+               ax=None):
+    "Horizontal bars of each targeted figure over its target (>= 1: met)"
+    import matplotlib.pyplot as plt
+    rows = [r for r in res['rows'] if r['target'] is not None and r['ratio']]
+    if ax is None: _, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.2))
+    score = [r['ratio'] / r['target'] if r['target_is'] == '>=' else r['target'] / r['ratio'] for r in rows]
+    y = np.arange(len(rows))[::-1]
+    ax.barh(y, score, color=['tab:green' if r['meets'] else 'tab:red' for r in rows])
+    ax.axvline(1, color='k', lw=1)
+    ax.set_yticks(y, [f"{r['figure']}. {r['measure']}" for r in rows], fontsize=8)
+    for yi, s_, r in zip(y, score, rows): ax.text(s_, yi, f"  {r['ratio']:.3g} ({r['target_is']} {r['target']:g})", va='center', fontsize=8)
+    ax.set_xscale('log'); ax.set_xlabel('figure / target (log scale; right of the line: target met)')
+    m = res['machine']
+    ax.set_title(f"trl_bench ({res['preset']}) on {m['cpu']}, {m['torch_threads']} threads" + (f", {m['gpu']}" if 'gpu' in m else ''), fontsize=9)
+    return ax
