@@ -6,7 +6,7 @@
 __all__ = ['dilate_resnet', 'cam_backbone', 'CAMNet', 'cam_splitter', 'cam_learner', 'train_cam', 'cam_heatmaps', 'size_batches',
            'extract_cams', 'cam_to_labels', 'cam_threshold_sweep', 'save_cam_model', 'load_cam_model', 'trl_cam']
 
-# %% ../nbs/04_cam.ipynb #ee230a3c
+# %% ../nbs/04_cam.ipynb #0d8f8972
 import json, math
 from pathlib import Path
 from contextlib import nullcontext
@@ -23,10 +23,10 @@ from fastai.callback.schedule import fit_one_cycle
 from fastai.callback.channelslast import ChannelsLast
 from fastai.torch_core import params, set_seed
 from fastai.metrics import accuracy_multi
-from .data import SegData, cls_dls, save_heatmap, load_heatmap, atomic_write, image_tensor
+from .data import VOID, SegData, cls_dls, save_heatmap, load_heatmap, atomic_write, image_tensor
 from .metrics import ConfusionMatrix
 
-# %% ../nbs/04_cam.ipynb #ac65b598
+# %% ../nbs/04_cam.ipynb #251073e0
 def _split_arch(arch):
     "('torchvision'|'timm', name) for `arch`."
     src, _, name = arch.rpartition(':')
@@ -42,7 +42,7 @@ class _LastFeature(nn.Module):
     def __init__(self, m): super().__init__(); self.m = m
     def forward(self, x): return self.m(x)[-1]
 
-# %% ../nbs/04_cam.ipynb #fbd0548d
+# %% ../nbs/04_cam.ipynb #1f4697f5
 def dilate_resnet(m:nn.Module, # a torchvision ResNet (BasicBlock or Bottleneck)
                   output_stride:int=16): # 8, 16 or 32
     "Replace the strides of the last stage(s) of `m` by dilation, in place, as torchvision's `replace_stride_with_dilation`."
@@ -82,7 +82,7 @@ def _timm_backbone(name, weights, output_stride):
     m = timm.create_model(name, features_only=True, out_indices=(-1,), **kw)
     return _LastFeature(m), m.feature_info.channels()[-1]
 
-# %% ../nbs/04_cam.ipynb #0e0d430e
+# %% ../nbs/04_cam.ipynb #0c2dfd6f
 def cam_backbone(arch:str='resnet50', # 'tv:NAME', 'timm:NAME' or a bare model name
                  weights:str=None, # local ImageNet weights file (random init when None)
                  output_stride:int=16): # 8, 16 or 32
@@ -90,7 +90,7 @@ def cam_backbone(arch:str='resnet50', # 'tv:NAME', 'timm:NAME' or a bare model n
     src, name = _split_arch(arch)
     return (_tv_backbone if src == 'torchvision' else _timm_backbone)(name, weights, output_stride)
 
-# %% ../nbs/04_cam.ipynb #eaa9886c
+# %% ../nbs/04_cam.ipynb #dde6867d
 class CAMNet(nn.Module):
     "Multi-label classifier: backbone, global average pooling, bias-free 1x1 conv (one output per foreground class)."
     def __init__(self,
@@ -117,7 +117,7 @@ def cam_splitter(m:CAMNet):
     "Parameter groups: backbone, classifier."
     return [params(m.backbone), params(m.classifier)]
 
-# %% ../nbs/04_cam.ipynb #270bc164
+# %% ../nbs/04_cam.ipynb #87b18fdd
 def cam_learner(data:SegData, # the data set
                 arch:str='resnet50', # backbone, see `cam_backbone`
                 weights:str=None, # local ImageNet weights file for the backbone
@@ -134,7 +134,7 @@ def cam_learner(data:SegData, # the data set
         learn.to_channelslast(amp_mode='bf16' if torch.cuda.is_bf16_supported() else 'fp16')
     return learn
 
-# %% ../nbs/04_cam.ipynb #42a7ba6b
+# %% ../nbs/04_cam.ipynb #af37f19f
 def train_cam(learn:Learner, # from `cam_learner`
               epochs:int=5, # training epochs
               lr:float=1e-3, # peak learning rate of the classifier
@@ -144,7 +144,7 @@ def train_cam(learn:Learner, # from `cam_learner`
     learn.fit_one_cycle(epochs, slice(lr * backbone_lr_mult, lr))
     return learn
 
-# %% ../nbs/04_cam.ipynb #51d5ee6b
+# %% ../nbs/04_cam.ipynb #b85464b8
 def _autocast(device):
     "Mixed precision on CUDA, nothing elsewhere."
     if device.type != 'cuda': return nullcontext()
@@ -177,7 +177,7 @@ def cam_heatmaps(model:CAMNet, # trained classifier (put in eval mode here)
     acc = torch.where(mx > 0, acc / mx.clamp(min=torch.finfo(acc.dtype).tiny), 0.)
     return torch.cat([acc.new_zeros(B, 1, H, W), acc], 1)
 
-# %% ../nbs/04_cam.ipynb #b651bb7b
+# %% ../nbs/04_cam.ipynb #2754239a
 def size_batches(data:SegData, ids:list, bs:int):
     "`ids` grouped into lists of at most `bs` images of one size, in order of first appearance."
     groups = defaultdict(list)
@@ -193,7 +193,7 @@ class _Batches(torch.utils.data.Dataset):
         x = torch.stack([image_tensor(self.data.image(i)) for i in ids])
         return ids, x, torch.from_numpy(np.stack([self.data.labels(i) for i in ids]))
 
-# %% ../nbs/04_cam.ipynb #4aa4c6d6
+# %% ../nbs/04_cam.ipynb #1b68277a
 def extract_cams(model:CAMNet, # trained classifier
                  data:SegData, # the data set
                  ids:list, # image ids to process
@@ -216,7 +216,7 @@ def extract_cams(model:CAMNet, # trained classifier
         done += ids_b
     return done
 
-# %% ../nbs/04_cam.ipynb #7560cc12
+# %% ../nbs/04_cam.ipynb #711fe0cf
 def cam_to_labels(h, # heat maps (..., n_classes, H, W), channel 0 ignored
                   threshold:float): # background score
     "Class indices (..., H, W): the best foreground class where it exceeds `threshold`, else background (0)."
@@ -224,7 +224,7 @@ def cam_to_labels(h, # heat maps (..., n_classes, H, W), channel 0 ignored
     score, cls = h[..., 1:, :, :].max(-3)
     return torch.where(score > threshold, cls + 1, 0)
 
-# %% ../nbs/04_cam.ipynb #9c7b0b94
+# %% ../nbs/04_cam.ipynb #4f0c2c9b
 def cam_threshold_sweep(heat_dir:str, # folder of `<id>.npz` heat maps
                         data:SegData, # the data set (ground truth through `eval_mask`)
                         split:str='train_weak', # split whose ids are evaluated
@@ -232,15 +232,21 @@ def cam_threshold_sweep(heat_dir:str, # folder of `<id>.npz` heat maps
                         ids:list=None): # evaluate only these ids (default: the whole split)
     "mIoU of `cam_to_labels` pseudo labels for every threshold: a `DataFrame` indexed by threshold."
     heat_dir, ids = Path(heat_dir), data.ids(split) if ids is None else list(ids)
-    cms = [ConfusionMatrix(data.n_classes) for _ in thresholds]
+    n, thr = data.n_classes, torch.tensor(thresholds, dtype=torch.float32)[:, None]
+    offset = torch.arange(len(thresholds))[:, None] * n * n
+    mats = torch.zeros(len(thresholds) * n * n, dtype=torch.int64)
     for i in ids:
-        gt = data.eval_mask(i)
-        h = torch.from_numpy(load_heatmap(heat_dir/f'{i}.npz', n_channels=data.n_classes, size=gt.shape))
+        gt = torch.from_numpy(data.eval_mask(i)).long()
+        h = torch.from_numpy(load_heatmap(heat_dir/f'{i}.npz', n_channels=n, size=tuple(gt.shape)))
         score, cls = h[1:].max(0)
-        for t, cm in zip(thresholds, cms): cm.update(torch.where(score > t, cls + 1, 0), gt)
+        valid = gt != VOID
+        pred = torch.where(score[valid] > thr, cls[valid] + 1, 0)          # (n_thresholds, n_valid_pixels)
+        mats += torch.bincount((offset + gt[valid] * n + pred).flatten(), minlength=mats.numel())
+    cms = [ConfusionMatrix(n) for _ in thresholds]
+    for cm, m in zip(cms, mats.view(-1, n, n)): cm.mat = m.clone()
     return pd.DataFrame(dict(threshold=list(thresholds), miou=[cm.miou() for cm in cms])).set_index('threshold')
 
-# %% ../nbs/04_cam.ipynb #bd93a218
+# %% ../nbs/04_cam.ipynb #cee0df71
 def save_cam_model(model:CAMNet, path:str):
     "Save `model` with its configuration to `path` (atomically)."
     with atomic_write(path) as f:
@@ -257,7 +263,7 @@ def load_cam_model(path:str, # file written by `save_cam_model`
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     return model.to(device).eval()
 
-# %% ../nbs/04_cam.ipynb #e0bf43a4
+# %% ../nbs/04_cam.ipynb #0000e2e6
 def _has_masks(data, ids):
     "True when `eval_mask` can read every id in `ids`."
     try:
