@@ -10,7 +10,7 @@ __all__ = ['cpu_sdpa_flops', 'bench_builders', 'dctn_parts', 'gpu_peak_tflops', 
            'profile_command', 'bench_run', 'peak_tflops', 'bench_amp', 'summarise', 'bench_table', 'run_bench',
            'trl_bench', 'plot_bench']
 
-# %% ../nbs/10_bench.ipynb #f743082e
+# %% ../nbs/10_bench.ipynb #46545869
 import ctypes, ctypes.util, json, os, platform, re, statistics, subprocess, sys, tempfile, time
 from contextlib import nullcontext
 from pathlib import Path
@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count, sdpa_back
 from fastcore.script import call_parse
 from .dctn import dctn, CrossTransformerBlock, class_label_filter
 
-# %% ../nbs/10_bench.ipynb #7f3fa7aa
+# %% ../nbs/10_bench.ipynb #ae7c6d8e
 def machine_info()->dict:
     "CPU model, cores, torch threads, load average, GPU name when CUDA is present"
     cpu = platform.processor() or platform.machine()
@@ -32,7 +32,7 @@ def machine_info()->dict:
     if torch.cuda.is_available(): info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda)
     return info
 
-# %% ../nbs/10_bench.ipynb #f299ef7a
+# %% ../nbs/10_bench.ipynb #044311b2
 def _sync(device):
     if torch.device(device).type == 'cuda': torch.cuda.synchronize()
 
@@ -50,7 +50,7 @@ def time_interleaved(fns:dict, # name -> function of no arguments
             runs[k].append(time.perf_counter() - t)
     return {k: dict(best=min(v), median=statistics.median(v), runs=v) for k, v in runs.items()}
 
-# %% ../nbs/10_bench.ipynb #697c6296
+# %% ../nbs/10_bench.ipynb #41e20d1e
 _aten = torch.ops.aten
 cpu_sdpa_flops = {
     _aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *a, **kw: sdpa_flop_count(q, k, v),
@@ -69,7 +69,7 @@ def module_flops(counts:dict, # {module name: FLOPs} from `count_flops`
     keys = [k for k in counts if k.startswith(prefix + '.')]
     return sum(counts[k] for k in keys if not any(k.startswith(o + '.') for o in keys))
 
-# %% ../nbs/10_bench.ipynb #ebc22478
+# %% ../nbs/10_bench.ipynb #e74b4e4b
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 def pin_malloc(threshold:int=1 << 16)->bool:
@@ -93,7 +93,7 @@ def rss_peak(f)->int:
     f()
     return _vm('VmHWM') - base
 
-# %% ../nbs/10_bench.ipynb #b57692cc
+# %% ../nbs/10_bench.ipynb #91b1c12b
 bench_builders = {}
 
 def builder(f):
@@ -121,7 +121,7 @@ def _child_main():
         del b
     print(json.dumps(dict(pinned=pinned, peaks=out)))
 
-# %% ../nbs/10_bench.ipynb #7aaab89b
+# %% ../nbs/10_bench.ipynb #80838bbd
 def measure_memory(jobs:list, # dicts(kind=<a `bench_builders` name>, kw=dict(...))
                    device=None): # default: CUDA when present
     "Peak memory (bytes) of one `step` of each job, and how it was measured"
@@ -144,7 +144,7 @@ def measure_memory(jobs:list, # dicts(kind=<a `bench_builders` name>, kw=dict(..
           ' (mallopt unavailable: freed memory may stay cached, so this is a lower bound)')
     return dict(peaks=res['peaks'], method=how)
 
-# %% ../nbs/10_bench.ipynb #6cd5d515
+# %% ../nbs/10_bench.ipynb #c34c4839
 @builder
 def dctn_step(variant:str='dctn1', # a `trl_nb.dctn.dctn_variants` name
               cfg:str='svt_s', # a `trl_nb.dctn.dctn_cfgs` name ('svt_s' is Table 1)
@@ -185,7 +185,7 @@ def timm_step(name:str='twins_svt_small', # a timm model name
         with torch.no_grad(), _autocast(dev, amp): m(x)
     return SimpleNamespace(model=m, step=step, forward=forward)
 
-# %% ../nbs/10_bench.ipynb #96bb10db
+# %% ../nbs/10_bench.ipynb #67defc1f
 dctn_parts = dict(warmup='DCTN.warm', low_level='DCTN.low', image_stream='DCTN.streams.image',
                   heat_stream='DCTN.streams.heat', cross_blocks='DCTN.cross', head='DCTN.head')
 
@@ -196,7 +196,7 @@ def flop_shares(b)->dict:
     shares['other'] = 1 - sum(shares.values())
     return {k: round(v, 4) for k, v in shares.items()}
 
-# %% ../nbs/10_bench.ipynb #33bf93fe
+# %% ../nbs/10_bench.ipynb #480d8547
 def bench_dctn(variants=('dctn1', 'dctn2'), # DCTN variants to measure
                cfg:str='svt_s', # DCTN architecture
                bs:int=8, size:int=320, # batch and crop side (Sec. 4.1: 8 and 320)
@@ -227,7 +227,7 @@ def bench_dctn(variants=('dctn1', 'dctn2'), # DCTN variants to measure
         res['memory_method'] = mem['method']
     return res
 
-# %% ../nbs/10_bench.ipynb #a3707cfc
+# %% ../nbs/10_bench.ipynb #d852e995
 def _kv_tokens(attn, x, size):
     "Key/value source tokens of a timm `GlobalSubSampleAttn`: `x` itself, or its `sr_ratio` reduction"
     if attn.sr is None: return x
@@ -257,7 +257,7 @@ def explicit_cross_forward(blk:CrossTransformerBlock, # a cross block (cross att
     h = h + bh.drop_path1(_explicit_attend(bh.attn, nh, rh, rx))
     return x + bx.drop_path2(bx.mlp(bx.norm2(x))), h + bh.drop_path2(bh.mlp(bh.norm2(h)))
 
-# %% ../nbs/10_bench.ipynb #0a803a25
+# %% ../nbs/10_bench.ipynb #844db6d1
 @builder
 def cross_step(path:str='sdpa', # 'sdpa' (the block's forward) or 'explicit' (`explicit_cross_forward`)
                bs:int=2, # batch size
@@ -302,7 +302,7 @@ def bench_cross(bs:int=2, size:int=320, # batch and crop side
         res['memory_ratio'], res['memory_method'] = mem['peaks'][1] / mem['peaks'][0], mem['method']
     return res
 
-# %% ../nbs/10_bench.ipynb #b23af81b
+# %% ../nbs/10_bench.ipynb #22486f1b
 def torchcam_heatmaps(model, # a `trl_nb.cam.CAMNet`
                       x:torch.Tensor, # normalised images (B, 3, H, W)
                       labels:torch.Tensor, # (B, n_classes) image-level labels, column 0 = background
@@ -327,7 +327,7 @@ def torchcam_heatmaps(model, # a `trl_nb.cam.CAMNet`
     mx = out.amax((2, 3), keepdim=True)
     return torch.where(mx > 0, out / mx.clamp(min=torch.finfo(out.dtype).tiny), 0.)
 
-# %% ../nbs/10_bench.ipynb #0c224dcd
+# %% ../nbs/10_bench.ipynb #7eea587a
 def _cam_inputs(n, size, n_classes, seed):
     "Random normalised images and labels with one to three foreground classes each"
     g = torch.Generator().manual_seed(seed)
@@ -362,7 +362,7 @@ def bench_cam(arch:str='resnet50', # CAM backbone (the paper configuration of `t
     res['ratio'] = res['methods']['ours']['images_per_s'] / res['methods']['torchcam']['images_per_s']
     return res
 
-# %% ../nbs/10_bench.ipynb #77ffe181
+# %% ../nbs/10_bench.ipynb #8d6edfc9
 def toy_voc(root, # folder to create
             n:int, # weak images
             size:int=320, # image side
@@ -396,7 +396,7 @@ def toy_voc(root, # folder to create
         (root/'ImageSets/Segmentation'/f'{s}.txt').write_text(''.join(f'{i}\n' for i in l))
     return root
 
-# %% ../nbs/10_bench.ipynb #d99eed0a
+# %% ../nbs/10_bench.ipynb #113ee270
 def pseudo_label_pass(model, # a refinement network (DCTN)
                       data, # the `SegData`
                       ids:list, # images to label
@@ -411,7 +411,7 @@ def pseudo_label_pass(model, # a refinement network (DCTN)
         keep = torch.from_numpy(data.labels(i))[None]
         save_mask(class_label_filter(p[None], keep)[0].argmax(0).byte().numpy(), out/f'{i}.png')
 
-# %% ../nbs/10_bench.ipynb #f75864d1
+# %% ../nbs/10_bench.ipynb #533f585e
 def bench_pseudo(n:int=8, # the smaller number of images
                  factor:int=10, # the larger is `factor * n`
                  variant:str='dctn2', # round-2 network (the one that writes the pseudo labels)
@@ -442,7 +442,7 @@ def bench_pseudo(n:int=8, # the smaller number of images
     res['target'] = 1.15
     return res
 
-# %% ../nbs/10_bench.ipynb #c8026660
+# %% ../nbs/10_bench.ipynb #b52eb8f7
 def _descendants(pid:int)->list:
     "Pids of the living descendants of `pid` (Linux /proc)"
     out, todo = [], [pid]
@@ -462,7 +462,7 @@ def tree_rss(pid:int)->tuple:
         except (OSError, AttributeError): pass  # exited (or a zombie) between listing and reading
     return total, hwm
 
-# %% ../nbs/10_bench.ipynb #0905a360
+# %% ../nbs/10_bench.ipynb #bce8a938
 def profile_command(cmd:list, # the command and its arguments
                     stage_re:str=r'^(\w+): running', # an output line matching this starts a stage named by its group 1
                     interval:float=0.2, # seconds between memory samples
@@ -501,7 +501,7 @@ def profile_command(cmd:list, # the command and its arguments
     return dict(cmd=[str(c) for c in cmd], returncode=status, wall=wall, peak_rss=max([r for _, r in samples], default=0),
                 max_process_rss=hwm, stages=stages, output=''.join(lines), samples=len(samples))
 
-# %% ../nbs/10_bench.ipynb #84ce07fd
+# %% ../nbs/10_bench.ipynb #de4bc124
 def bench_run(out=None, # output folder of the run (default: a temporary folder, deleted after)
               quick:bool=False, # `trl_run --quick` instead of the default configuration
               timeout:float=None, # seconds before the run is killed
@@ -518,7 +518,7 @@ def bench_run(out=None, # output folder of the run (default: a temporary folder,
                 wall=r['wall'], peak_rss=r['peak_rss'], max_process_rss=r['max_process_rss'], seconds=rep['seconds'],
                 stages={k: v for k, v in r['stages'].items()}, targets=dict(wall=600., peak_rss=6 * 2**30))
 
-# %% ../nbs/10_bench.ipynb #baa3825d
+# %% ../nbs/10_bench.ipynb #0474e9ee
 gpu_peak_tflops = {'H200': 989., 'H100': 989., 'A100': 312., 'L40S': 362., 'L4': 121., 'A10': 125., 'RTX 4090': 165.,
                    'RTX 3090': 71., 'V100': 125., 'T4': 65.}  # dense bf16 (fp16 for V100, T4) tensor-core peaks
 
@@ -547,7 +547,7 @@ def bench_amp(variant:str='dctn1', cfg:str='svt_s', bs:int=8, size:int=320, reps
         for k, p in zip(('fp32', 'amp'), mem['peaks']): res['modes'][k]['peak_bytes'] = p
     return res
 
-# %% ../nbs/10_bench.ipynb #081144b6
+# %% ../nbs/10_bench.ipynb #90a9ebf7
 bench_presets = dict(
     spec=dict(dctn=dict(variants=('dctn1', 'dctn2'), cfg='svt_s', bs=8, size=320, reps=3),
               cross=dict(bs=2, size=320, reps=3),
@@ -564,7 +564,7 @@ bench_presets = dict(
 
 bench_fns = dict(dctn=bench_dctn, cross=bench_cross, cam=bench_cam, pseudo=bench_pseudo, run=bench_run, amp=bench_amp)
 
-# %% ../nbs/10_bench.ipynb #68023f95
+# %% ../nbs/10_bench.ipynb #67cae86e
 def _row(figure, measure, ours, ref, ratio, target, higher=True, unit=''):
     ok = None if target is None or ratio is None else (ratio >= target if higher else ratio <= target)
     return dict(figure=figure, measure=measure, ours=ours, reference=ref, ratio=ratio, target=target,
@@ -606,7 +606,7 @@ def summarise(results:dict)->list:
         if r['mfu'] is not None: rows.append(_row('GPU', 'DCTN step MFU (autocast)', r['mfu'], None, None, None))
     return rows
 
-# %% ../nbs/10_bench.ipynb #8e0b7de0
+# %% ../nbs/10_bench.ipynb #fd9188b8
 def _fmt(v):
     if v is None: return '-'
     if isinstance(v, bool): return 'yes' if v else 'NO'
@@ -646,7 +646,7 @@ def bench_table(res:dict)->str:
         if k in r and 'memory_method' in r[k]: out.append(f"\nCPU peak memory: {r[k]['memory_method']}"); break
     return '\n'.join(out)
 
-# %% ../nbs/10_bench.ipynb #10c72279
+# %% ../nbs/10_bench.ipynb #6ef76b97
 def run_bench(which=('dctn', 'cross', 'cam', 'pseudo', 'run', 'amp'), # benchmarks to run, from `bench_fns`
               preset:str='spec', # a key of `bench_presets`
               overrides:dict=None, # {benchmark: {argument: value}} replacing the preset's entries
@@ -665,7 +665,7 @@ def run_bench(which=('dctn', 'cross', 'cam', 'pseudo', 'run', 'amp'), # benchmar
     res['rows'] = summarise(res['results'])
     return res
 
-# %% ../nbs/10_bench.ipynb #2ee7a062
+# %% ../nbs/10_bench.ipynb #05568201
 @call_parse
 def trl_bench(only:str='dctn,cross,cam,pseudo,run,amp', # comma-separated benchmarks: dctn, cross, cam, pseudo, run, amp
               quick:bool=False, # tiny sizes (the 'quick' preset)
@@ -694,7 +694,7 @@ def trl_bench(only:str='dctn,cross,cam,pseudo,run,amp', # comma-separated benchm
     print(text)
     return res
 
-# %% ../nbs/10_bench.ipynb #8120f616
+# %% ../nbs/10_bench.ipynb #a3cec382
 def plot_bench(res:dict, # `run_bench`'s result
                ax=None):
     "Horizontal bars of each targeted figure over its target (>= 1: met)"
