@@ -6,27 +6,26 @@
 __all__ = ['dilate_resnet', 'cam_backbone', 'CAMNet', 'cam_splitter', 'cam_learner', 'train_cam', 'cam_heatmaps', 'size_batches',
            'extract_cams', 'cam_to_labels', 'cam_threshold_sweep', 'save_cam_model', 'load_cam_model', 'trl_cam']
 
-# %% ../nbs/04_cam.ipynb #0d8f8972
-import json, math
+# %% ../nbs/04_cam.ipynb #9272eee7
+import json
 from pathlib import Path
 from contextlib import nullcontext
 from collections import defaultdict
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 import pandas as pd
 import timm, torchvision
-from PIL import Image
-from fastcore.basics import store_attr, patch
+from fastcore.basics import store_attr
 from fastcore.script import call_parse
 from fastprogress.fastprogress import progress_bar
 from fastai.learner import Learner
 from fastai.callback.schedule import fit_one_cycle
-from fastai.callback.channelslast import ChannelsLast
+import fastai.callback.channelslast  # Learner.to_channelslast
 from fastai.torch_core import params, set_seed
 from fastai.metrics import accuracy_multi
 from .data import VOID, SegData, cls_dls, save_heatmap, load_heatmap, atomic_write, image_tensor
 from .metrics import ConfusionMatrix
 
-# %% ../nbs/04_cam.ipynb #251073e0
+# %% ../nbs/04_cam.ipynb #6735a5d7
 def _split_arch(arch):
     "('torchvision'|'timm', name) for `arch`."
     src, _, name = arch.rpartition(':')
@@ -42,7 +41,7 @@ class _LastFeature(nn.Module):
     def __init__(self, m): super().__init__(); self.m = m
     def forward(self, x): return self.m(x)[-1]
 
-# %% ../nbs/04_cam.ipynb #1f4697f5
+# %% ../nbs/04_cam.ipynb #d1df12a9
 def dilate_resnet(m:nn.Module, # a torchvision ResNet (BasicBlock or Bottleneck)
                   output_stride:int=16): # 8, 16 or 32
     "Replace the strides of the last stage(s) of `m` by dilation, in place, as torchvision's `replace_stride_with_dilation`."
@@ -82,7 +81,7 @@ def _timm_backbone(name, weights, output_stride):
     m = timm.create_model(name, features_only=True, out_indices=(-1,), **kw)
     return _LastFeature(m), m.feature_info.channels()[-1]
 
-# %% ../nbs/04_cam.ipynb #0c2dfd6f
+# %% ../nbs/04_cam.ipynb #4b983816
 def cam_backbone(arch:str='resnet50', # 'tv:NAME', 'timm:NAME' or a bare model name
                  weights:str=None, # local ImageNet weights file (random init when None)
                  output_stride:int=16): # 8, 16 or 32
@@ -90,7 +89,7 @@ def cam_backbone(arch:str='resnet50', # 'tv:NAME', 'timm:NAME' or a bare model n
     src, name = _split_arch(arch)
     return (_tv_backbone if src == 'torchvision' else _timm_backbone)(name, weights, output_stride)
 
-# %% ../nbs/04_cam.ipynb #dde6867d
+# %% ../nbs/04_cam.ipynb #844079ac
 class CAMNet(nn.Module):
     "Multi-label classifier: backbone, global average pooling, bias-free 1x1 conv (one output per foreground class)."
     def __init__(self,
@@ -117,7 +116,7 @@ def cam_splitter(m:CAMNet):
     "Parameter groups: backbone, classifier."
     return [params(m.backbone), params(m.classifier)]
 
-# %% ../nbs/04_cam.ipynb #87b18fdd
+# %% ../nbs/04_cam.ipynb #64fa7817
 def cam_learner(data:SegData, # the data set
                 arch:str='resnet50', # backbone, see `cam_backbone`
                 weights:str=None, # local ImageNet weights file for the backbone
@@ -134,7 +133,7 @@ def cam_learner(data:SegData, # the data set
         learn.to_channelslast(amp_mode='bf16' if torch.cuda.is_bf16_supported() else 'fp16')
     return learn
 
-# %% ../nbs/04_cam.ipynb #af37f19f
+# %% ../nbs/04_cam.ipynb #0930cafc
 def train_cam(learn:Learner, # from `cam_learner`
               epochs:int=5, # training epochs
               lr:float=1e-3, # peak learning rate of the classifier
@@ -144,7 +143,7 @@ def train_cam(learn:Learner, # from `cam_learner`
     learn.fit_one_cycle(epochs, slice(lr * backbone_lr_mult, lr))
     return learn
 
-# %% ../nbs/04_cam.ipynb #b85464b8
+# %% ../nbs/04_cam.ipynb #7baefb66
 def _autocast(device):
     "Mixed precision on CUDA, nothing elsewhere."
     if device.type != 'cuda': return nullcontext()
@@ -177,7 +176,7 @@ def cam_heatmaps(model:CAMNet, # trained classifier (put in eval mode here)
     acc = torch.where(mx > 0, acc / mx.clamp(min=torch.finfo(acc.dtype).tiny), 0.)
     return torch.cat([acc.new_zeros(B, 1, H, W), acc], 1)
 
-# %% ../nbs/04_cam.ipynb #2754239a
+# %% ../nbs/04_cam.ipynb #2c2b00d2
 def size_batches(data:SegData, ids:list, bs:int):
     "`ids` grouped into lists of at most `bs` images of one size, in order of first appearance."
     groups = defaultdict(list)
@@ -193,7 +192,7 @@ class _Batches(torch.utils.data.Dataset):
         x = torch.stack([image_tensor(self.data.image(i)) for i in ids])
         return ids, x, torch.from_numpy(np.stack([self.data.labels(i) for i in ids]))
 
-# %% ../nbs/04_cam.ipynb #1b68277a
+# %% ../nbs/04_cam.ipynb #8d76fe12
 def extract_cams(model:CAMNet, # trained classifier
                  data:SegData, # the data set
                  ids:list, # image ids to process
@@ -216,7 +215,7 @@ def extract_cams(model:CAMNet, # trained classifier
         done += ids_b
     return done
 
-# %% ../nbs/04_cam.ipynb #711fe0cf
+# %% ../nbs/04_cam.ipynb #cb6432aa
 def cam_to_labels(h, # heat maps (..., n_classes, H, W), channel 0 ignored
                   threshold:float): # background score
     "Class indices (..., H, W): the best foreground class where it exceeds `threshold`, else background (0)."
@@ -224,7 +223,7 @@ def cam_to_labels(h, # heat maps (..., n_classes, H, W), channel 0 ignored
     score, cls = h[..., 1:, :, :].max(-3)
     return torch.where(score > threshold, cls + 1, 0)
 
-# %% ../nbs/04_cam.ipynb #4f0c2c9b
+# %% ../nbs/04_cam.ipynb #6a85512c
 def cam_threshold_sweep(heat_dir:str, # folder of `<id>.npz` heat maps
                         data:SegData, # the data set (ground truth through `eval_mask`)
                         split:str='train_weak', # split whose ids are evaluated
@@ -246,7 +245,7 @@ def cam_threshold_sweep(heat_dir:str, # folder of `<id>.npz` heat maps
     for cm, m in zip(cms, mats.view(-1, n, n)): cm.mat = m.clone()
     return pd.DataFrame(dict(threshold=list(thresholds), miou=[cm.miou() for cm in cms])).set_index('threshold')
 
-# %% ../nbs/04_cam.ipynb #cee0df71
+# %% ../nbs/04_cam.ipynb #ebd434da
 def save_cam_model(model:CAMNet, path:str):
     "Save `model` with its configuration to `path` (atomically)."
     with atomic_write(path) as f:
@@ -263,7 +262,7 @@ def load_cam_model(path:str, # file written by `save_cam_model`
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     return model.to(device).eval()
 
-# %% ../nbs/04_cam.ipynb #0000e2e6
+# %% ../nbs/04_cam.ipynb #bb0bdffa
 def _has_masks(data, ids):
     "True when `eval_mask` can read every id in `ids`."
     try:
