@@ -4,14 +4,14 @@
 
 # %% auto #0
 __all__ = ['cpu_sdpa_flops', 'bench_builders', 'dctn_parts', 'gpu_peak_tflops', 'bench_presets', 'bench_fns', 'machine_info',
-           'time_interleaved', 'count_flops', 'module_flops', 'pin_malloc', 'rss_peak', 'builder', 'measure_memory',
-           'dctn_step', 'timm_step', 'flop_shares', 'bench_dctn', 'explicit_cross_forward', 'cross_step', 'bench_cross',
-           'torchcam_heatmaps', 'bench_cam', 'toy_voc', 'pseudo_label_pass', 'bench_pseudo', 'tree_rss',
-           'profile_command', 'bench_run', 'peak_tflops', 'bench_amp', 'summarise', 'bench_table', 'run_bench',
-           'trl_bench', 'plot_bench']
+           'time_interleaved', 'count_flops', 'module_flops', 'pin_malloc', 'release_memory', 'rss_peak', 'builder',
+           'measure_memory', 'dctn_step', 'timm_step', 'flop_shares', 'bench_dctn', 'explicit_cross_forward',
+           'cross_step', 'bench_cross', 'torchcam_heatmaps', 'bench_cam', 'toy_voc', 'pseudo_label_pass',
+           'bench_pseudo', 'tree_rss', 'profile_command', 'bench_run', 'peak_tflops', 'bench_amp', 'summarise',
+           'bench_table', 'run_bench', 'trl_bench', 'plot_bench']
 
-# %% ../nbs/10_bench.ipynb #46545869
-import ctypes, ctypes.util, json, os, platform, re, statistics, subprocess, sys, tempfile, time
+# %% ../nbs/10_bench.ipynb #7c30fd99
+import ctypes, ctypes.util, gc, json, os, platform, re, shutil, statistics, subprocess, sys, tempfile, threading, time
 from contextlib import nullcontext
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,8 +19,10 @@ import numpy as np, torch, torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count, sdpa_backward_flop_count
 from fastcore.script import call_parse
 from .dctn import dctn, CrossTransformerBlock, class_label_filter
+from PIL import Image
+from .data import SegData, atomic_write, save_heatmap, load_heatmap, save_mask
 
-# %% ../nbs/10_bench.ipynb #ae7c6d8e
+# %% ../nbs/10_bench.ipynb #d0e75d04
 def machine_info()->dict:
     "CPU model, cores, torch threads, load average, GPU name when CUDA is present"
     cpu = platform.processor() or platform.machine()
@@ -32,7 +34,7 @@ def machine_info()->dict:
     if torch.cuda.is_available(): info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda)
     return info
 
-# %% ../nbs/10_bench.ipynb #044311b2
+# %% ../nbs/10_bench.ipynb #40fb5504
 def _sync(device):
     if torch.device(device).type == 'cuda': torch.cuda.synchronize()
 
@@ -50,7 +52,7 @@ def time_interleaved(fns:dict, # name -> function of no arguments
             runs[k].append(time.perf_counter() - t)
     return {k: dict(best=min(v), median=statistics.median(v), runs=v) for k, v in runs.items()}
 
-# %% ../nbs/10_bench.ipynb #41e20d1e
+# %% ../nbs/10_bench.ipynb #cd787c8b
 _aten = torch.ops.aten
 cpu_sdpa_flops = {
     _aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *a, **kw: sdpa_flop_count(q, k, v),
@@ -69,7 +71,7 @@ def module_flops(counts:dict, # {module name: FLOPs} from `count_flops`
     keys = [k for k in counts if k.startswith(prefix + '.')]
     return sum(counts[k] for k in keys if not any(k.startswith(o + '.') for o in keys))
 
-# %% ../nbs/10_bench.ipynb #e74b4e4b
+# %% ../nbs/10_bench.ipynb #84d96c10
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 def pin_malloc(threshold:int=1 << 16)->bool:
@@ -77,6 +79,12 @@ def pin_malloc(threshold:int=1 << 16)->bool:
     try: libc = ctypes.CDLL(ctypes.util.find_library('c'))
     except OSError: return False
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, threshold))
+
+def release_memory():
+    "Collect garbage and return the free heap to the OS (glibc `malloc_trim`), before a memory-hungry child starts"
+    gc.collect()
+    try: ctypes.CDLL(ctypes.util.find_library('c')).malloc_trim(0)
+    except (OSError, AttributeError): pass
 
 def _vm(key, pid='self'):
     "A `Vm*` field of /proc/<pid>/status, in bytes"
@@ -93,7 +101,7 @@ def rss_peak(f)->int:
     f()
     return _vm('VmHWM') - base
 
-# %% ../nbs/10_bench.ipynb #91b1c12b
+# %% ../nbs/10_bench.ipynb #430d4465
 bench_builders = {}
 
 def builder(f):
@@ -112,6 +120,8 @@ def _autocast(device, amp):
 def _child_main():
     "Memory child: read jobs from stdin, print their peak resident-set growth (bytes) as one JSON line"
     spec = json.loads(sys.stdin.read())
+    try: Path('/proc/self/oom_score_adj').write_text('1000')  # out of memory: this child goes first, not the parent or others
+    except OSError: pass
     torch.set_num_threads(spec['threads'])
     pinned, out = pin_malloc(), []
     for job in spec['jobs']:
@@ -121,7 +131,7 @@ def _child_main():
         del b
     print(json.dumps(dict(pinned=pinned, peaks=out)))
 
-# %% ../nbs/10_bench.ipynb #80838bbd
+# %% ../nbs/10_bench.ipynb #be678c64
 def measure_memory(jobs:list, # dicts(kind=<a `bench_builders` name>, kw=dict(...))
                    device=None): # default: CUDA when present
     "Peak memory (bytes) of one `step` of each job, and how it was measured"
@@ -136,15 +146,17 @@ def measure_memory(jobs:list, # dicts(kind=<a `bench_builders` name>, kw=dict(..
             peaks.append(torch.cuda.max_memory_allocated() - base)
             del b
         return dict(peaks=peaks, method='torch.cuda.max_memory_allocated over the second step, minus memory allocated before it')
+    release_memory()
     r = subprocess.run([sys.executable, '-c', 'from trl_nb.bench import _child_main; _child_main()'], env=_child_env(),
                        input=json.dumps(dict(threads=torch.get_num_threads(), jobs=jobs)), capture_output=True, text=True)
+    if r.returncode == -9: raise RuntimeError('memory child killed (SIGKILL: out of memory?); try a smaller batch')
     if r.returncode: raise RuntimeError(f'memory child failed ({r.returncode}): {r.stderr[-2000:]}')
     res = json.loads(r.stdout.strip().splitlines()[-1])
     how = 'peak RSS growth over the second step in a child process' + (' with mmap-backed malloc' if res['pinned'] else
           ' (mallopt unavailable: freed memory may stay cached, so this is a lower bound)')
     return dict(peaks=res['peaks'], method=how)
 
-# %% ../nbs/10_bench.ipynb #c34c4839
+# %% ../nbs/10_bench.ipynb #394d6883
 @builder
 def dctn_step(variant:str='dctn1', # a `trl_nb.dctn.dctn_variants` name
               cfg:str='svt_s', # a `trl_nb.dctn.dctn_cfgs` name ('svt_s' is Table 1)
@@ -185,7 +197,7 @@ def timm_step(name:str='twins_svt_small', # a timm model name
         with torch.no_grad(), _autocast(dev, amp): m(x)
     return SimpleNamespace(model=m, step=step, forward=forward)
 
-# %% ../nbs/10_bench.ipynb #67defc1f
+# %% ../nbs/10_bench.ipynb #f8946a1e
 dctn_parts = dict(warmup='DCTN.warm', low_level='DCTN.low', image_stream='DCTN.streams.image',
                   heat_stream='DCTN.streams.heat', cross_blocks='DCTN.cross', head='DCTN.head')
 
@@ -196,7 +208,7 @@ def flop_shares(b)->dict:
     shares['other'] = 1 - sum(shares.values())
     return {k: round(v, 4) for k, v in shares.items()}
 
-# %% ../nbs/10_bench.ipynb #480d8547
+# %% ../nbs/10_bench.ipynb #8f84069a
 def bench_dctn(variants=('dctn1', 'dctn2'), # DCTN variants to measure
                cfg:str='svt_s', # DCTN architecture
                bs:int=8, size:int=320, # batch and crop side (Sec. 4.1: 8 and 320)
@@ -222,12 +234,14 @@ def bench_dctn(variants=('dctn1', 'dctn2'), # DCTN variants to measure
                ratio={v: models[v]['flop_per_s'] / models[reference]['flop_per_s'] for v in variants}, target=0.85)
     if memory:
         jobs = [dict(kind='dctn_step', kw=dict(variant=v, cfg=cfg, n_classes=n_classes, bs=bs, size=size)) for v in variants]
-        mem = measure_memory(jobs + [dict(kind='timm_step', kw=dict(name=reference, bs=bs, size=size))], dev)
-        for k, p in zip(models, mem['peaks']): models[k]['peak_bytes'] = p
-        res['memory_method'] = mem['method']
+        try: mem = measure_memory(jobs + [dict(kind='timm_step', kw=dict(name=reference, bs=bs, size=size))], dev)
+        except RuntimeError as e: res['memory_error'] = str(e)
+        else:
+            for k, p in zip(models, mem['peaks']): models[k]['peak_bytes'] = p
+            res['memory_method'] = mem['method']
     return res
 
-# %% ../nbs/10_bench.ipynb #d852e995
+# %% ../nbs/10_bench.ipynb #3d9695ec
 def _kv_tokens(attn, x, size):
     "Key/value source tokens of a timm `GlobalSubSampleAttn`: `x` itself, or its `sr_ratio` reduction"
     if attn.sr is None: return x
@@ -257,7 +271,7 @@ def explicit_cross_forward(blk:CrossTransformerBlock, # a cross block (cross att
     h = h + bh.drop_path1(_explicit_attend(bh.attn, nh, rh, rx))
     return x + bx.drop_path2(bx.mlp(bx.norm2(x))), h + bh.drop_path2(bh.mlp(bh.norm2(h)))
 
-# %% ../nbs/10_bench.ipynb #844db6d1
+# %% ../nbs/10_bench.ipynb #bb83c638
 @builder
 def cross_step(path:str='sdpa', # 'sdpa' (the block's forward) or 'explicit' (`explicit_cross_forward`)
                bs:int=2, # batch size
@@ -297,12 +311,14 @@ def bench_cross(bs:int=2, size:int=320, # batch and crop side
                attn_matrix_bytes=bs * 2 * n * n * 4, target_memory_ratio=4.)
     res['time_ratio'] = res['paths']['explicit']['seconds'] / res['paths']['sdpa']['seconds']
     if memory:
-        mem = measure_memory([dict(kind='cross_step', kw=dict(path=p, bs=bs, size=size)) for p in ('sdpa', 'explicit')], dev)
-        for k, p in zip(('sdpa', 'explicit'), mem['peaks']): res['paths'][k]['peak_bytes'] = p
-        res['memory_ratio'], res['memory_method'] = mem['peaks'][1] / mem['peaks'][0], mem['method']
+        try: mem = measure_memory([dict(kind='cross_step', kw=dict(path=p, bs=bs, size=size)) for p in ('sdpa', 'explicit')], dev)
+        except RuntimeError as e: res['memory_error'] = str(e)
+        else:
+            for k, p in zip(('sdpa', 'explicit'), mem['peaks']): res['paths'][k]['peak_bytes'] = p
+            res['memory_ratio'], res['memory_method'] = mem['peaks'][1] / mem['peaks'][0], mem['method']
     return res
 
-# %% ../nbs/10_bench.ipynb #22486f1b
+# %% ../nbs/10_bench.ipynb #e37b9618
 def torchcam_heatmaps(model, # a `trl_nb.cam.CAMNet`
                       x:torch.Tensor, # normalised images (B, 3, H, W)
                       labels:torch.Tensor, # (B, n_classes) image-level labels, column 0 = background
@@ -327,7 +343,7 @@ def torchcam_heatmaps(model, # a `trl_nb.cam.CAMNet`
     mx = out.amax((2, 3), keepdim=True)
     return torch.where(mx > 0, out / mx.clamp(min=torch.finfo(out.dtype).tiny), 0.)
 
-# %% ../nbs/10_bench.ipynb #7eea587a
+# %% ../nbs/10_bench.ipynb #e4acb3e9
 def _cam_inputs(n, size, n_classes, seed):
     "Random normalised images and labels with one to three foreground classes each"
     g = torch.Generator().manual_seed(seed)
@@ -362,7 +378,7 @@ def bench_cam(arch:str='resnet50', # CAM backbone (the paper configuration of `t
     res['ratio'] = res['methods']['ours']['images_per_s'] / res['methods']['torchcam']['images_per_s']
     return res
 
-# %% ../nbs/10_bench.ipynb #8d6edfc9
+# %% ../nbs/10_bench.ipynb #0d2ff251
 def toy_voc(root, # folder to create
             n:int, # weak images
             size:int=320, # image side
@@ -370,8 +386,6 @@ def toy_voc(root, # folder to create
             seed:int=0,
             distinct:int=8): # distinct images and heat maps; the others are hard links to them
     "A VOC-layout folder of `n` weak images with labels, and heat maps in `<root>/heatmaps` (for timing, not learning)"
-    from trl_nb.data import save_heatmap
-    from PIL import Image
     root, rng = Path(root), np.random.default_rng(seed)
     for d in ('JPEGImages', 'ImageSets/Segmentation', 'heatmaps'): (root/d).mkdir(parents=True, exist_ok=True)
     classes = ['background'] + [f'class{i}' for i in range(1, n_classes)]
@@ -396,7 +410,7 @@ def toy_voc(root, # folder to create
         (root/'ImageSets/Segmentation'/f'{s}.txt').write_text(''.join(f'{i}\n' for i in l))
     return root
 
-# %% ../nbs/10_bench.ipynb #113ee270
+# %% ../nbs/10_bench.ipynb #9ffd1b7d
 def pseudo_label_pass(model, # a refinement network (DCTN)
                       data, # the `SegData`
                       ids:list, # images to label
@@ -405,20 +419,18 @@ def pseudo_label_pass(model, # a refinement network (DCTN)
                       bs:int=8, device=None, num_workers:int=0):
     "DCTN inference, softmax, CLF, argmax and palette PNG for each of `ids`: the pseudo-label hot path"
     from trl_nb.refine import predict_heatmaps
-    from trl_nb.data import save_mask
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     for i, p in predict_heatmaps(model, data, ids, heatmaps, bs, device, num_workers, bar=False):
         keep = torch.from_numpy(data.labels(i))[None]
         save_mask(class_label_filter(p[None], keep)[0].argmax(0).byte().numpy(), out/f'{i}.png')
 
-# %% ../nbs/10_bench.ipynb #533f585e
+# %% ../nbs/10_bench.ipynb #c02157b2
 def bench_pseudo(n:int=8, # the smaller number of images
                  factor:int=10, # the larger is `factor * n`
                  variant:str='dctn2', # round-2 network (the one that writes the pseudo labels)
                  cfg:str='svt_s', size:int=320, bs:int=8, n_classes:int=21,
                  device=None, num_workers:int=0, seed:int=0):
     "Figure 4: images/s of the pseudo-label path at `n` and `factor * n` images, and the cost ratio per image"
-    from trl_nb.data import SegData, save_heatmap, load_heatmap
     dev = _device(device)
     torch.manual_seed(seed)
     model = dctn(variant, cfg, n_classes).eval()
@@ -442,7 +454,7 @@ def bench_pseudo(n:int=8, # the smaller number of images
     res['target'] = 1.15
     return res
 
-# %% ../nbs/10_bench.ipynb #b52eb8f7
+# %% ../nbs/10_bench.ipynb #71f3a85a
 def _descendants(pid:int)->list:
     "Pids of the living descendants of `pid` (Linux /proc)"
     out, todo = [], [pid]
@@ -462,14 +474,13 @@ def tree_rss(pid:int)->tuple:
         except (OSError, AttributeError): pass  # exited (or a zombie) between listing and reading
     return total, hwm
 
-# %% ../nbs/10_bench.ipynb #bce8a938
+# %% ../nbs/10_bench.ipynb #ec1450ba
 def profile_command(cmd:list, # the command and its arguments
                     stage_re:str=r'^(\w+): running', # an output line matching this starts a stage named by its group 1
                     interval:float=0.2, # seconds between memory samples
                     timeout:float=None, # kill the command after this many seconds
                     env:dict=None, cwd=None):
     "Run `cmd`; its wall time, output, and peak resident memory of its process tree overall and per stage"
-    import threading
     env = dict(_child_env() if env is None else env, PYTHONUNBUFFERED='1')
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
@@ -501,7 +512,7 @@ def profile_command(cmd:list, # the command and its arguments
     return dict(cmd=[str(c) for c in cmd], returncode=status, wall=wall, peak_rss=max([r for _, r in samples], default=0),
                 max_process_rss=hwm, stages=stages, output=''.join(lines), samples=len(samples))
 
-# %% ../nbs/10_bench.ipynb #de4bc124
+# %% ../nbs/10_bench.ipynb #8856cc09
 def bench_run(out=None, # output folder of the run (default: a temporary folder, deleted after)
               quick:bool=False, # `trl_run --quick` instead of the default configuration
               timeout:float=None, # seconds before the run is killed
@@ -509,7 +520,8 @@ def bench_run(out=None, # output folder of the run (default: a temporary folder,
     "Figure 5: `trl_run` on the embedded data, wall time and peak resident memory of each stage"
     with tempfile.TemporaryDirectory() as d:
         out = Path(out or Path(d)/'run')
-        cmd = [sys.executable, '-c', 'from trl_nb.pipeline import trl_run; trl_run()', '--out', str(out), '--fresh', '--quiet',
+        exe = shutil.which('trl_run', path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get('PATH', '')]))
+        cmd = [exe, '--out', str(out), '--fresh', '--quiet',
                *(['--quick'] if quick else []), *extra]
         r = profile_command(cmd, timeout=timeout)
         if r['returncode']: raise RuntimeError(f"trl_run failed ({r['returncode']}):\n{r['output'][-3000:]}")
@@ -518,7 +530,7 @@ def bench_run(out=None, # output folder of the run (default: a temporary folder,
                 wall=r['wall'], peak_rss=r['peak_rss'], max_process_rss=r['max_process_rss'], seconds=rep['seconds'],
                 stages={k: v for k, v in r['stages'].items()}, targets=dict(wall=600., peak_rss=6 * 2**30))
 
-# %% ../nbs/10_bench.ipynb #0474e9ee
+# %% ../nbs/10_bench.ipynb #638c9aca
 gpu_peak_tflops = {'H200': 989., 'H100': 989., 'A100': 312., 'L40S': 362., 'L4': 121., 'A10': 125., 'RTX 4090': 165.,
                    'RTX 3090': 71., 'V100': 125., 'T4': 65.}  # dense bf16 (fp16 for V100, T4) tensor-core peaks
 
@@ -543,11 +555,11 @@ def bench_amp(variant:str='dctn1', cfg:str='svt_s', bs:int=8, size:int=320, reps
     res['speedup'] = t['fp32']['best'] / t['amp']['best']
     res['mfu'] = flops / t['amp']['best'] / (peak * 1e12) if peak else None
     if memory:
-        mem = measure_memory([dict(kind='dctn_step', kw=dict(kw, amp=a)) for a in (False, True)], dev)
+        mem = measure_memory([dict(kind='dctn_step', kw=dict(kw, amp=a)) for a in (False, True)], dev)  # in-process on CUDA
         for k, p in zip(('fp32', 'amp'), mem['peaks']): res['modes'][k]['peak_bytes'] = p
     return res
 
-# %% ../nbs/10_bench.ipynb #90a9ebf7
+# %% ../nbs/10_bench.ipynb #4d7173cb
 bench_presets = dict(
     spec=dict(dctn=dict(variants=('dctn1', 'dctn2'), cfg='svt_s', bs=8, size=320, reps=3),
               cross=dict(bs=2, size=320, reps=3),
@@ -564,7 +576,7 @@ bench_presets = dict(
 
 bench_fns = dict(dctn=bench_dctn, cross=bench_cross, cam=bench_cam, pseudo=bench_pseudo, run=bench_run, amp=bench_amp)
 
-# %% ../nbs/10_bench.ipynb #67cae86e
+# %% ../nbs/10_bench.ipynb #9c6f6373
 def _row(figure, measure, ours, ref, ratio, target, higher=True, unit=''):
     ok = None if target is None or ratio is None else (ratio >= target if higher else ratio <= target)
     return dict(figure=figure, measure=measure, ours=ours, reference=ref, ratio=ratio, target=target,
@@ -606,7 +618,7 @@ def summarise(results:dict)->list:
         if r['mfu'] is not None: rows.append(_row('GPU', 'DCTN step MFU (autocast)', r['mfu'], None, None, None))
     return rows
 
-# %% ../nbs/10_bench.ipynb #fd9188b8
+# %% ../nbs/10_bench.ipynb #1ecf12a9
 def _fmt(v):
     if v is None: return '-'
     if isinstance(v, bool): return 'yes' if v else 'NO'
@@ -642,15 +654,18 @@ def bench_table(res:dict)->str:
         out.append(_grid(['stage', 'wall s', 'report s', 'peak RSS MiB'],
                          [[k, s['wall'], r['run']['seconds'].get(k), s['peak_rss'] / 2**20] for k, s in r['run']['stages'].items()]))
     if 'amp' in r and 'skipped' in r['amp']: out.append(f"\nGPU figures: {r['amp']['skipped']}")
+    for k, v in r.items():
+        if 'memory_error' in v: out.append(f"\nFigure {k}: peak memory not measured: {v['memory_error']}")
     for k in ('dctn', 'cross'):
         if k in r and 'memory_method' in r[k]: out.append(f"\nCPU peak memory: {r[k]['memory_method']}"); break
     return '\n'.join(out)
 
-# %% ../nbs/10_bench.ipynb #6ef76b97
+# %% ../nbs/10_bench.ipynb #3590d6e1
 def run_bench(which=('dctn', 'cross', 'cam', 'pseudo', 'run', 'amp'), # benchmarks to run, from `bench_fns`
               preset:str='spec', # a key of `bench_presets`
               overrides:dict=None, # {benchmark: {argument: value}} replacing the preset's entries
-              memory:bool=True): # peak-memory measurements (figures 1 and 2)
+              memory:bool=True, # peak-memory measurements (figures 1 and 2)
+              json_path=None): # write the result so far to this file after each benchmark
     "Run the benchmarks: machine, per-benchmark results, and the summary rows"
     if preset not in bench_presets: raise ValueError(f'run_bench: unknown preset {preset!r}, expected one of {list(bench_presets)}')
     bad = [w for w in which if w not in bench_fns]
@@ -662,10 +677,12 @@ def run_bench(which=('dctn', 'cross', 'cam', 'pseudo', 'run', 'amp'), # benchmar
         t = time.perf_counter()
         res['results'][w] = bench_fns[w](**kw)
         res['results'][w]['bench_seconds'] = time.perf_counter() - t
-    res['rows'] = summarise(res['results'])
+        res['rows'] = summarise(res['results'])
+        if json_path is not None:
+            with atomic_write(json_path, 'w') as f: f.write(json.dumps(res, default=str) + '\n')
     return res
 
-# %% ../nbs/10_bench.ipynb #05568201
+# %% ../nbs/10_bench.ipynb #272872c0
 @call_parse
 def trl_bench(only:str='dctn,cross,cam,pseudo,run,amp', # comma-separated benchmarks: dctn, cross, cam, pseudo, run, amp
               quick:bool=False, # tiny sizes (the 'quick' preset)
@@ -676,25 +693,21 @@ def trl_bench(only:str='dctn,cross,cam,pseudo,run,amp', # comma-separated benchm
               cam_images:int=None, # images of figure 3
               pseudo_n:int=None, # N of figure 4 (10 N images in its second run)
               no_memory:bool=False, # skip the peak-memory measurements
-              json:str=None): # also write the JSON result to this file
+              json:str=None): # also write the JSON result to this file (updated after each benchmark)
     "Benchmark DCTN, the cross block, CAM extraction, pseudo labels and trl_run against references; print a table and JSON"
-    import json as _json
+    import json as _json  # the argument `json` hides the module
     which = [w.strip() for w in only.split(',') if w.strip()]
     o = {w: {} for w in bench_fns}
     for w, k, v in (('dctn', 'bs', bs), ('amp', 'bs', bs), ('dctn', 'size', size), ('cross', 'size', size), ('pseudo', 'size', size),
                     ('amp', 'size', size), ('dctn', 'reps', reps), ('cross', 'reps', reps), ('cross', 'bs', cross_bs),
                     ('cam', 'n_images', cam_images), ('pseudo', 'n', pseudo_n)):
         if v is not None: o[w][k] = v
-    res = run_bench(which, 'quick' if quick else 'spec', o, memory=not no_memory)
+    res = run_bench(which, 'quick' if quick else 'spec', o, memory=not no_memory, json_path=json)
     print(bench_table(res))
-    text = _json.dumps(res, default=str)
-    if json:
-        Path(json).parent.mkdir(parents=True, exist_ok=True)
-        Path(json).write_text(text + '\n')
-    print(text)
+    print(_json.dumps(res, default=str))
     return res
 
-# %% ../nbs/10_bench.ipynb #a3cec382
+# %% ../nbs/10_bench.ipynb #003a2cea
 def plot_bench(res:dict, # `run_bench`'s result
                ax=None):
     "Horizontal bars of each targeted figure over its target (>= 1: met)"

@@ -5,9 +5,10 @@
 # %% auto #0
 __all__ = ['dctn_cfgs', 'dctn_variants', 'DCTNConfig', 'block_ws', 'ValidRegion', 'twins_block', 'twins_block_forward',
            'CrossTransformerBlock', 'Warmup', 'ConvBlock', 'LowLevelExtractor', 'TwinsStream', 'LinearHead', 'FPNHead',
-           'DCTN', 'dctn', 'load_twins_weights', 'dctn_costs', 'class_label_filter']
+           'DCTN', 'dctn', 'load_twins_weights', 'dctn_costs', 'class_label_filter', 'query_attention',
+           'plot_query_attention']
 
-# %% ../nbs/05_dctn.ipynb #3a22bef7
+# %% ../nbs/05_dctn.ipynb #147c2068
 import math
 from dataclasses import dataclass, fields, replace
 from functools import partial
@@ -21,7 +22,7 @@ from timm.layers import LayerNorm2d
 from timm.models.twins import PatchEmbed, LocallyGroupedAttn, GlobalSubSampleAttn, PosConv, Block
 from timm.models._manipulate import adapt_input_conv
 
-# %% ../nbs/05_dctn.ipynb #73b16f7d
+# %% ../nbs/05_dctn.ipynb #eaea283e
 @dataclass(frozen=True)
 class DCTNConfig:
     "Architecture of a DCTN (Table 1); every tuple has one entry per Transformer stage"
@@ -58,7 +59,7 @@ dctn_cfgs = dict(
     tiny=DCTNConfig(embed_dims=(16, 32, 32, 32), num_heads=(1, 2, 2, 2), depths=(2, 2, 1, 1), wss=(2, 2, 2, 2),
                     sr_ratios=(2, 1, 1, 1), warmup_chans=8, low_chans=8, fpn_dim=16))
 
-# %% ../nbs/05_dctn.ipynb #102c62a4
+# %% ../nbs/05_dctn.ipynb #88734a76
 def block_ws(cfg:DCTNConfig, k:int, j:int):
     "Sub-window size of block `j` of stage `k` (1 = global sub-sampled attention)"
     return 1 if (j % 2 or j == cfg.depths[k] - 1 or cfg.wss[k] <= 1) else cfg.wss[k]
@@ -72,7 +73,7 @@ def size_unit(self:DCTNConfig):
         unit = math.lcm(unit, s * math.lcm(self.wss[k] if has_lsa else 1, self.sr_ratios[k]))
     return unit
 
-# %% ../nbs/05_dctn.ipynb #238ad351
+# %% ../nbs/05_dctn.ipynb #8e353f4e
 class ValidRegion:
     "Real (unpadded) top-left part of each image in a padded batch, seen at any stride"
     def __init__(self,
@@ -102,7 +103,7 @@ class ValidRegion:
         b = torch.arange(x.shape[0], device=x.device)[:, None, None]
         return x.permute(0, 2, 3, 1)[b, r[:, :, None], c[:, None, :]].permute(0, 3, 1, 2)
 
-# %% ../nbs/05_dctn.ipynb #14711ea3
+# %% ../nbs/05_dctn.ipynb #8ddf8c6e
 _twins_norm = partial(nn.LayerNorm, eps=1e-6)
 
 def twins_block(dim, num_heads, mlp_ratio=4., sr_ratio=1, ws=1, drop_path=0.):
@@ -163,7 +164,7 @@ def twins_block_forward(blk:Block, x, size, mask=None):
     x = x + blk.drop_path2(blk.mlp(blk.norm2(x)))
     return x.where(mask.flatten(1)[..., None], 0.)
 
-# %% ../nbs/05_dctn.ipynb #f90e6fcd
+# %% ../nbs/05_dctn.ipynb #2dc8e935
 class CrossTransformerBlock(nn.Module):
     "Dual-input, dual-output Twins block whose attention takes values from the other stream (Eq. 3-5)"
     def __init__(self,
@@ -199,7 +200,7 @@ class CrossTransformerBlock(nn.Module):
             x, h = x.where(keep, 0.), h.where(keep, 0.)
         return (x, h, dict(qk1=s1, qk2=s2, a1=a1, a2=a2)) if return_attn else (x, h)
 
-# %% ../nbs/05_dctn.ipynb #68e66a21
+# %% ../nbs/05_dctn.ipynb #4fd01fcc
 class Warmup(nn.Sequential):
     "Heat-map warm-up (Conv0): BatchNorm, 1x1 convolution, BatchNorm"
     def __init__(self, in_chans:int, out_chans:int=64):
@@ -222,7 +223,7 @@ class LowLevelExtractor(nn.Module):
             if region is not None: x = region.zero(x, 1)
         return x
 
-# %% ../nbs/05_dctn.ipynb #c3c549d7
+# %% ../nbs/05_dctn.ipynb #6b4b120c
 class TwinsStream(nn.Module):
     "One stream of Twins-SVT stages from timm modules, with timm's parameter names"
     def __init__(self,
@@ -241,7 +242,7 @@ class TwinsStream(nn.Module):
             self.pos_block.append(PosConv(dim, dim))
             prev, cur = dim, cur + d
 
-# %% ../nbs/05_dctn.ipynb #3d15253f
+# %% ../nbs/05_dctn.ipynb #93653190
 def _upsample(x, size, region=None, stride=1):
     "Bilinear upsampling to `size`, clamping at the real border of a padded map"
     if x.shape[-2:] == tuple(size): return x
@@ -289,7 +290,7 @@ class FPNHead(nn.Module):
         y = _upsample(self.classifier(y), size, region, strides[0])
         return y + _group_norm(self.low_norm, self.low_conv(low), region)
 
-# %% ../nbs/05_dctn.ipynb #17a4e934
+# %% ../nbs/05_dctn.ipynb #c6d9e698
 class DCTN(nn.Module):
     "Dual-cross Transformer network (Fig. 3) and its ablation variants"
     def __init__(self,
@@ -337,7 +338,7 @@ def _init_weights(m):
         nn.init.normal_(m.weight, 0, math.sqrt(2.0 / fan_out))
         if m.bias is not None: nn.init.zeros_(m.bias)
 
-# %% ../nbs/05_dctn.ipynb #b1c6aabc
+# %% ../nbs/05_dctn.ipynb #67a4b7e5
 @patch
 def forward_features(self:DCTN,
                      x:torch.Tensor, # images (B, in_chans, H, W), H and W multiples of `cfg.size_unit`
@@ -379,7 +380,7 @@ def forward_features(self:DCTN,
     low = None if self.head_type == 'linear' else lows['heat' if self.inputs == 'dual' else self.inputs]
     return dict(feats, low=low, attn=attns if return_attn else None)
 
-# %% ../nbs/05_dctn.ipynb #f81119fd
+# %% ../nbs/05_dctn.ipynb #54eb4725
 @patch
 def forward_head(self:DCTN, feats:dict, size:tuple, region:ValidRegion|None=None):
     "Class logits (B, n_classes, *size) from `forward_features`' output"
@@ -409,7 +410,7 @@ def forward(self:DCTN,
     out = self.forward_head(feats, (Hp, Wp), region)[..., :H, :W]
     return (out, feats['attn']) if return_attn else out
 
-# %% ../nbs/05_dctn.ipynb #b67b22ed
+# %% ../nbs/05_dctn.ipynb #11e7f53b
 dctn_variants = dict(
     dctn1=dict(),                                  # Table 2/3: DCTN_1, head Eq. 6
     dctn2=dict(head='fpn'),                        # DCTN_2, head Eq. 7
@@ -435,7 +436,7 @@ def dctn(variant:str='dctn1', # a key of `dctn_variants`
     kw = {**dctn_variants[variant], **{k: v for k, v in overrides.items() if k not in names}}
     return DCTN(n_classes, heat_chans, cfg, **kw)
 
-# %% ../nbs/05_dctn.ipynb #d4ffc9aa
+# %% ../nbs/05_dctn.ipynb #282a620b
 def _adapt_kernel(w:torch.Tensor, shape:tuple):
     "Fit a pretrained conv kernel (O, I, J, K) to `shape`: input channels via timm's `adapt_input_conv`, kernel by summing cells"
     O, I, kh, kw = shape
@@ -487,7 +488,7 @@ def load_twins_weights(model:DCTN, # model to load into
                and not (k.startswith('cross.') and not any(halves[s] in k for s in streams if s in halves))]
     return dict(loaded=sorted(new), adapted=adapted, unused=sorted(set(src) - used), missing=missing)
 
-# %% ../nbs/05_dctn.ipynb #6035fb2a
+# %% ../nbs/05_dctn.ipynb #7b416dd3
 def _sdpa_cpu_flops(q, k, v, *args, out_shape=None, **kwargs):
     from torch.utils.flop_counter import sdpa_flop_count
     return sdpa_flop_count(q, k, v)
@@ -520,7 +521,7 @@ def dctn_costs(model:DCTN, # model to measure
     parts.append('total')
     return [dict(part=k, params=params[k], gflops=flops[k] / 1e9) for k in parts]
 
-# %% ../nbs/05_dctn.ipynb #c660c6d5
+# %% ../nbs/05_dctn.ipynb #0d11ccbd
 def class_label_filter(probs:torch.Tensor, # (B, C, ...) class probabilities, channel 0 = background
                        labels): # (B, C) image-level labels, bool or 0/1, with a background column
     "Zero the channels of the classes absent from each image's labels; background is kept"
@@ -530,3 +531,48 @@ def class_label_filter(probs:torch.Tensor, # (B, C, ...) class probabilities, ch
     keep = labels.bool().clone()
     keep[:, 0] = True
     return probs.where(keep.view(*keep.shape, *[1] * (probs.ndim - 2)), 0.)
+
+# %% ../nbs/05_dctn.ipynb #2a537aa2
+def query_attention(model:DCTN, # a dual model (DCTN or DTN)
+                    x:torch.Tensor, # one image (in_chans, H, W), normalised
+                    h:torch.Tensor, # its heat map (heat_chans, H, W)
+                    query:tuple, # (row, column) of the query pixel
+                    stage:int=0): # which stage's cross block
+    "The image stream's s q k^T map of a query pixel and its attention output (1st principal component), on token grids"
+    if model.cross is None: raise ValueError('query_attention: a single-stream model has no cross blocks')
+    with torch.no_grad(): logits, attn = model(x[None], h[None], return_attn=True)
+    u, s, sr = model.cfg.size_unit, model.cfg.strides[stage], model.cfg.sr_ratios[stage]
+    gh, gw = -(-x.shape[-2] // u) * u // s, -(-x.shape[-1] // u) * u // s  # token grid of the padded input
+    nh, nw = -(-x.shape[-2] // s), -(-x.shape[-1] // s)  # tokens covering the image
+    q = (query[0] // s) * gw + query[1] // s
+    a = attn[stage]
+    qk = a['qk1'][0, :, q].float().mean(0).view(gh // sr, gw // sr)[:-(-nh // sr), :-(-nw // sr)]
+    a1 = a['a1'][0].float()
+    pc = torch.linalg.svd(a1 - a1.mean(0), full_matrices=False)[0][:, 0]
+    pc = (pc * (pc[q].sign() or 1)).view(gh, gw)[:nh, :nw]
+    return dict(qk=qk, a=pc, pred=logits[0].argmax(0))
+
+def plot_query_attention(models:dict, # {name: dual model}
+                         x:torch.Tensor, # one image (3, H, W), normalised with `mean`/`std`
+                         h:torch.Tensor, # its heat map (heat_chans, H, W), channel 0 = background
+                         query:tuple, # (row, column) of the query pixel
+                         stage:int=0, # which stage's cross block
+                         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)): # image normalisation to undo
+    "Fig. 4: per model, the image with the query, the heat map, s q k^T of the query, the attention output, the prediction"
+    import matplotlib.pyplot as plt
+    fig, axs = plt.subplots(len(models), 5, figsize=(15, 3.2 * len(models)), squeeze=False)
+    img = (x.float().cpu() * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]).permute(1, 2, 0).clamp(0, 1)
+    for row, (name, m) in zip(axs, models.items()):
+        r = {k: v.cpu() for k, v in query_attention(m, x, h, query, stage).items()}
+        s = m.cfg.strides[stage]
+        sq = s * m.cfg.sr_ratios[stage]
+        panels = [(img, 'image, query +', 1), (h[1:].float().cpu().max(0).values, 'heat map (max over classes)', 1),
+                  (r['qk'], f'$s\\,q_1k_1^T$ of the query (stage {stage + 1})', sq),
+                  (r['a'], 'attention output $a_1$ (1st PC)', s), (r['pred'], 'prediction', 1)]
+        for ax, (im, title, st) in zip(row, panels):
+            ax.imshow(im, cmap=None if im.ndim == 3 else 'viridis', interpolation='nearest')
+            ax.plot((query[1] + 0.5) / st - 0.5, (query[0] + 0.5) / st - 0.5, 'w+', ms=14, mew=3)
+            ax.set_title(title, fontsize=9); ax.set_xticks([]); ax.set_yticks([])
+        row[0].set_ylabel(name, fontsize=12)
+    fig.tight_layout()
+    return fig
