@@ -29,10 +29,10 @@ run_configs = dict(
                seg=dict(arch='resnet18', epochs=2, size=80, bs=8, lr=5e-4, nh=128),
                baselines=('sup_only', 'full_sup')),
     cpu=dict(synth=dict(),
-             cam=dict(arch='resnet18', output_stride=16, epochs=8, size=96, bs=32, lr=2e-3, scales=(0.5, 1.0, 1.5, 2.0), flip=True, cam_bs=32),
-             refine=dict(config='small', rounds=2),
-             seg=dict(arch='resnet18', epochs=12, size=96, bs=8, lr=5e-4, nh=256),
-             baselines=('sup_only', 'full_sup')),
+             cam=dict(arch='resnet18', output_stride=16, epochs=5, size=96, bs=32, lr=2e-3, scales=(1.0, 1.5), flip=True, cam_bs=32),
+             refine=dict(config='small', rounds=2, epochs=20, strong_maps='self'),
+             seg=dict(arch='resnet18', epochs=6, size=64, bs=8, lr=5e-4, nh=256),
+             baselines=('sup_only',)),
     paper=dict(synth=dict(),
                cam=dict(arch='resnet50', output_stride=16, epochs=5, size=320, bs=16, lr=1e-3, scales=(0.5, 1.0, 1.5, 2.0), flip=True, cam_bs=8),
                refine=dict(config='paper', rounds=2),
@@ -199,6 +199,9 @@ def run_segment(self:Run, name:str # 'trl', 'sup_only', 'naive', 'cam' or 'full_
     "Train the segmenter `name`, predict the val images, and score them."
     c = dict(self.cfg['seg'])
     mode = dict(trl='dual', cam='dual', naive='naive', sup_only='sup_only', full_sup='full_sup')[name]
+    if c.pop('match_steps', True) and mode == 'sup_only':  # as many steps as the others: epochs scaled by the image count
+        n = len(self.ds.ids('train_strong'))
+        c['epochs'] = max(1, round(c['epochs'] * (n + len(self.ds.ids('train_weak'))) / n))
     def _run():
         pseudo = dict(trl=self.out/'pseudo_labels', naive=self.out/'pseudo_labels').get(name)
         if name == 'cam': pseudo = self.cam_pseudo_labels()

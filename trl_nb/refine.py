@@ -32,7 +32,7 @@ __all__ = ['refine_configs', 'stage_names', 'refine_config', 'round_variant', 's
 
 # %% ../nbs/06_refine.ipynb #85b07c61
 refine_configs = dict(
-    small=dict(dctn='small', dctn_kw=dict(wss=(3, 3, 3, 3)), crop=96, bs=8, epochs=30, lr=1e-3, decay_at=0.7, decay=0.1,
+    small=dict(dctn='small', dctn_kw=dict(wss=(3, 3, 3, 3), patch_sizes=(4, 2, 1, 1)), crop=96, bs=8, epochs=30, lr=1e-3, decay_at=0.7, decay=0.1,
                wd=0., scale=(0.7, 1.3), strong_maps='oof', folds=2, infer_bs=32, num_workers=0),
     paper=dict(dctn='svt_s', dctn_kw={}, crop=320, bs=8, epochs=150, lr=1e-4, decay_at=0.7, decay=0.1, wd=0.,
                scale=(0.7, 1.3), strong_maps='self', folds=2, infer_bs=16, num_workers=4))
