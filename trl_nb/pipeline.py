@@ -26,12 +26,12 @@ run_configs = dict(
     quick=dict(synth=dict(n_classes=3, size=80, n_strong=12, n_weak=24, n_val=8),
                cam=dict(arch='resnet18', output_stride=16, epochs=2, size=80, bs=16, lr=1e-3, scales=(1.0,), flip=True, cam_bs=16),
                refine=dict(config='small', rounds=2, epochs=2, folds=2),
-               seg=dict(arch='resnet18', epochs=2, size=80, bs=8, lr=5e-4, nh=128),
+               seg=dict(arch='resnet18', output_stride=16, init='cam', epochs=2, size=64, bs=8, lr=1e-3, nh=128),
                baselines=('sup_only', 'full_sup')),
     cpu=dict(synth=dict(),
              cam=dict(arch='resnet18', output_stride=16, epochs=5, size=96, bs=32, lr=2e-3, scales=(1.0, 1.5), flip=True, cam_bs=32),
              refine=dict(config='small', rounds=2, epochs=20, strong_maps='self'),
-             seg=dict(arch='resnet18', epochs=6, size=64, bs=8, lr=5e-4, nh=256),
+             seg=dict(arch='resnet18', output_stride=16, init='cam', epochs=4, size=64, bs=8, lr=1e-3, nh=256),
              baselines=('sup_only',)),
     paper=dict(synth=dict(),
                cam=dict(arch='resnet50', output_stride=16, epochs=5, size=320, bs=16, lr=1e-3, scales=(0.5, 1.0, 1.5, 2.0), flip=True, cam_bs=8),
@@ -180,6 +180,20 @@ def run_refine(self:Run):
 @patch
 def pred_dir(self:Run, name:str): return self.out/'predictions' if name == 'trl' else self.out/'baselines'/name/'predictions'
 
+_TRUNK = ('conv1', 'bn1', 'relu', 'maxpool', 'layer1', 'layer2', 'layer3', 'layer4')
+
+@patch
+def cam_backbone(self:Run):
+    "The CAM classifier's backbone as a torchvision ResNet state-dict file, for segmenters with `init='cam'`."
+    dest = self.out/'checkpoints'/'cam_backbone.pth'
+    if dest.exists(): return dest
+    cam, arch = load_cam_model(self.out/'checkpoints'/'cam.pth'), self.cfg['seg']['arch']
+    if str(cam.arch).split(':')[-1] != arch:
+        raise ValueError(f"seg init='cam' needs a CAM backbone of the segmenter's architecture {arch!r}, got {cam.arch!r}")
+    sd = {f'{_TRUNK[int(k.split(".", 1)[0])]}.{k.split(".", 1)[1]}': v for k, v in cam.backbone.state_dict().items()}
+    with atomic_write(dest) as f: torch.save(sd, f)
+    return dest
+
 @patch
 def cam_pseudo_labels(self:Run):
     "Pseudo labels from `h0` with the background threshold that is best on the strong images (the `cam` baseline)."
@@ -205,6 +219,7 @@ def run_segment(self:Run, name:str # 'trl', 'sup_only', 'naive', 'cam' or 'full_
     def _run():
         pseudo = dict(trl=self.out/'pseudo_labels', naive=self.out/'pseudo_labels').get(name)
         if name == 'cam': pseudo = self.cam_pseudo_labels()
+        if c.pop('init', None) == 'cam': c['weights'] = str(self.cam_backbone())
         ck = self.out/'checkpoints'/f'seg_{name}.pth'
         t = time.perf_counter()
         if ck.exists(): model = load_segmenter(ck)
