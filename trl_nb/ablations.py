@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_ablations.ipynb #4692321d
 from __future__ import annotations
-import numpy as np, pandas as pd
+import pandas as pd
 from .refine import stage_names
 
 # %% auto #0

@@ -16,7 +16,7 @@ from .metrics import evaluate_folder
 from .synth import synthesize
 from .cam import cam_learner, train_cam, extract_cams, save_cam_model, load_cam_model, cam_threshold_sweep, cam_to_labels
 from .refine import refine, evaluate_stages, stage_names
-from .segment import train_segmenter, save_segmenter, load_segmenter, predict_folder, plot_segmentations
+from .segment import train_segmenter, save_segmenter, load_segmenter, predict_folder, plot_segmentations, RESNET_TRUNK
 
 # %% auto #0
 __all__ = ['run_configs', 'choose_config', 'DataError', 'validate_data', 'Run', 'report_markdown', 'run_pipeline', 'trl_run']
@@ -180,8 +180,6 @@ def run_refine(self:Run):
 @patch
 def pred_dir(self:Run, name:str): return self.out/'predictions' if name == 'trl' else self.out/'baselines'/name/'predictions'
 
-_TRUNK = ('conv1', 'bn1', 'relu', 'maxpool', 'layer1', 'layer2', 'layer3', 'layer4')
-
 @patch
 def cam_backbone(self:Run):
     "The CAM classifier's backbone as a torchvision ResNet state-dict file, for segmenters with `init='cam'`."
@@ -190,7 +188,10 @@ def cam_backbone(self:Run):
     cam, arch = load_cam_model(self.out/'checkpoints'/'cam.pth'), self.cfg['seg']['arch']
     if str(cam.arch).split(':')[-1] != arch:
         raise ValueError(f"seg init='cam' needs a CAM backbone of the segmenter's architecture {arch!r}, got {cam.arch!r}")
-    sd = {f'{_TRUNK[int(k.split(".", 1)[0])]}.{k.split(".", 1)[1]}': v for k, v in cam.backbone.state_dict().items()}
+    sd = {}  # the CAM trunk is the same ResNet trunk as an unnamed Sequential: '4.0.conv1.weight' -> 'layer1.0.conv1.weight'
+    for k, v in cam.backbone.state_dict().items():
+        i, rest = k.split('.', 1)
+        sd[f'{RESNET_TRUNK[int(i)]}.{rest}'] = v
     with atomic_write(dest) as f: torch.save(sd, f)
     return dest
 

@@ -28,10 +28,10 @@ from .metrics import ConfusionMatrix
 from .cam import dilate_resnet
 
 # %% auto #0
-__all__ = ['RESNETS', 'STRONG', 'WEAK', 'MODES', 'PAPER_SEGMENTER', 'load_imagenet_weights', 'resnet_backbone', 'LargeFOVHead',
-           'DeepLabLargeFOV', 'deeplab_splitter', 'broadcast_list', 'BranchDL', 'BranchRouter', 'seg_cross_entropy',
-           'init_distributed', 'DDPTrainer', 'BranchDataset', 'train_items', 'segment_dls', 'SegMIoU',
-           'segmenter_learner', 'train_segmenter', 'save_segmenter', 'load_segmenter', 'predict_folder',
+__all__ = ['RESNETS', 'RESNET_TRUNK', 'STRONG', 'WEAK', 'MODES', 'PAPER_SEGMENTER', 'load_imagenet_weights', 'resnet_backbone',
+           'LargeFOVHead', 'DeepLabLargeFOV', 'deeplab_splitter', 'broadcast_list', 'BranchDL', 'BranchRouter',
+           'seg_cross_entropy', 'init_distributed', 'DDPTrainer', 'BranchDataset', 'train_items', 'segment_dls',
+           'SegMIoU', 'segmenter_learner', 'train_segmenter', 'save_segmenter', 'load_segmenter', 'predict_folder',
            'plot_segmentations']
 
 # %% ../nbs/07_segment.ipynb #51bba2ee
@@ -56,6 +56,7 @@ def load_imagenet_weights(net:nn.Module, # a torchvision `ResNet`
 
 # %% ../nbs/07_segment.ipynb #39d1fcb6
 RESNETS = [n for n in torchvision.models.list_models(module=torchvision.models) if 'resne' in n]
+RESNET_TRUNK = ('conv1', 'bn1', 'relu', 'maxpool', 'layer1', 'layer2', 'layer3', 'layer4')  # a ResNet without pooling and fc
 
 def resnet_backbone(arch:str='resnet101', # name of a torchvision ResNet
                     weights=None, # local ImageNet state-dict file (None: random initialisation)
@@ -65,8 +66,7 @@ def resnet_backbone(arch:str='resnet101', # name of a torchvision ResNet
     net = torchvision.models.get_model(arch, weights=None)
     if weights is not None: load_imagenet_weights(net, weights)
     dilate_resnet(net, output_stride=output_stride)
-    names = ['conv1', 'bn1', 'relu', 'maxpool', 'layer1', 'layer2', 'layer3', 'layer4']
-    return nn.Sequential(OrderedDict((n, getattr(net, n)) for n in names)), net.fc.in_features
+    return nn.Sequential(OrderedDict((n, getattr(net, n)) for n in RESNET_TRUNK)), net.fc.in_features
 
 # %% ../nbs/07_segment.ipynb #1bf79110
 class LargeFOVHead(nn.Sequential):
