@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.trl_nb-installed
 OUT    ?= runs/default
+BENCH_OUT ?= bench/results/spec_cpu.json
 
 .PHONY: run test test-all docs nbs export clean-nbs bench
 
@@ -37,5 +38,6 @@ nbs: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/python tools/build_docs.py
 
+## Benchmarks at the sizes of the paper (about 20 minutes on a CPU); results in bench/results/.
 bench: $(STAMP)
-	$(BIN)/trl_bench
+	mkdir -p $(dir $(BENCH_OUT)) && $(BIN)/trl_bench --json $(BENCH_OUT)

@@ -7,8 +7,8 @@ __all__ = ['cpu_sdpa_flops', 'bench_builders', 'dctn_parts', 'gpu_peak_tflops', 
            'time_interleaved', 'count_flops', 'module_flops', 'pin_malloc', 'release_memory', 'rss_peak', 'builder',
            'measure_memory', 'dctn_step', 'timm_step', 'flop_shares', 'bench_dctn', 'explicit_cross_forward',
            'cross_step', 'bench_cross', 'torchcam_heatmaps', 'bench_cam', 'toy_voc', 'pseudo_label_pass',
-           'bench_pseudo', 'tree_rss', 'profile_command', 'bench_run', 'peak_tflops', 'bench_amp', 'summarise',
-           'bench_table', 'run_bench', 'trl_bench', 'plot_bench']
+           'bench_pseudo', 'tree_rss', 'profile_command', 'bench_run', 'bench_allocator', 'peak_tflops', 'bench_amp',
+           'summarise', 'bench_table', 'run_bench', 'trl_bench', 'plot_bench']
 
 # %% ../nbs/10_bench.ipynb #7c30fd99
 import ctypes, ctypes.util, gc, json, os, platform, re, shutil, statistics, subprocess, sys, tempfile, threading, time
@@ -533,6 +533,36 @@ def bench_run(out=None, # output folder of the run (default: a temporary folder,
                 wall=r['wall'], peak_rss=r['peak_rss'], max_process_rss=r['max_process_rss'], seconds=rep['seconds'],
                 stages={k: v for k, v in r['stages'].items()}, targets=dict(wall=600., peak_rss=6 * 2**30))
 
+# %% ../nbs/10_bench.ipynb #bb26b5be
+_alloc_child = """
+import json, resource, sys, time, torch
+from trl_nb.bench import dctn_step
+kw, reps = json.loads(sys.argv[1]), int(sys.argv[2])
+torch.set_num_threads(int(sys.argv[3]))
+b = dctn_step(**kw, device='cpu')
+b.step()
+f0, t = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, []
+for _ in range(reps):
+    s = time.perf_counter(); b.step(); t.append(time.perf_counter() - s)
+print(json.dumps(dict(seconds=t, faults_per_step=(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / reps)))
+"""
+
+def bench_allocator(variant:str='dctn2', cfg:str='svt_s', bs:int=8, size:int=320, reps:int=3, rounds:int=2):
+    "Figure 6 (CPU): DCTN step time and page faults with PyTorch's huge-page allocation off and on, in fresh processes"
+    kw = dict(variant=variant, cfg=cfg, bs=bs, size=size)
+    runs = {'off': [], 'on': []}
+    for _ in range(rounds):  # alternate the two settings, so both see the same load
+        for k, v in (('off', '0'), ('on', '1')):
+            r = subprocess.run([sys.executable, '-c', _alloc_child, json.dumps(kw), str(reps), str(torch.get_num_threads())],
+                               env=dict(_child_env(), THP_MEM_ALLOC_ENABLE=v), capture_output=True, text=True)
+            if r.returncode: raise RuntimeError(f'allocator child failed ({r.returncode}): {r.stderr[-2000:]}')
+            runs[k].append(json.loads(r.stdout.strip().splitlines()[-1]))
+    modes = {k: dict(seconds=min(s for r in v for s in r['seconds']),
+                     seconds_median=statistics.median(s for r in v for s in r['seconds']),
+                     faults_per_step=statistics.median(r['faults_per_step'] for r in v)) for k, v in runs.items()}
+    return dict(config=dict(kw, reps=reps, rounds=rounds), modes=modes, speedup=modes['off']['seconds'] / modes['on']['seconds'])
+
+
 # %% ../nbs/10_bench.ipynb #638c9aca
 gpu_peak_tflops = {'H200': 989., 'H100': 989., 'A100': 312., 'L40S': 362., 'L4': 121., 'A10': 125., 'RTX 4090': 165.,
                    'RTX 3090': 71., 'V100': 125., 'T4': 65.}  # dense bf16 (fp16 for V100, T4) tensor-core peaks
@@ -568,16 +598,19 @@ bench_presets = dict(
               cross=dict(bs=2, size=320, reps=3),
               cam=dict(arch='resnet50', n_images=8, bs=8, size=320),
               pseudo=dict(n=8, factor=10, cfg='svt_s', size=320, bs=8),
+              alloc=dict(variant='dctn2', cfg='svt_s', bs=8, size=320, reps=2, rounds=1),
               run=dict(quick=False),
               amp=dict(variant='dctn1', cfg='svt_s', bs=8, size=320, reps=5)),
     quick=dict(dctn=dict(variants=('dctn1',), cfg='small', bs=1, size=80, reps=1),
                cross=dict(bs=1, size=80, reps=1),
                cam=dict(arch='resnet18', n_images=2, bs=2, size=64, scales=(0.5, 1.0), n_classes=4),
                pseudo=dict(n=1, factor=3, cfg='small', size=80, bs=1, n_classes=4),
+               alloc=dict(cfg='small', bs=1, size=80, reps=1, rounds=1),
                run=dict(quick=True),
                amp=dict(cfg='small', bs=2, size=160, reps=3)))
 
-bench_fns = dict(dctn=bench_dctn, cross=bench_cross, cam=bench_cam, pseudo=bench_pseudo, run=bench_run, amp=bench_amp)
+bench_fns = dict(dctn=bench_dctn, cross=bench_cross, cam=bench_cam, pseudo=bench_pseudo, alloc=bench_allocator, run=bench_run,
+                 amp=bench_amp)
 
 # %% ../nbs/10_bench.ipynb #9c6f6373
 def _row(figure, measure, ours, ref, ratio, target, higher=True, unit=''):
@@ -613,6 +646,12 @@ def summarise(results:dict)->list:
         r = results['pseudo']; n, f = r['config']['n'], r['config']['factor']
         rows.append(_row(4, f'pseudo labels, cost per image at {f * n} / at {n} images', r['runs'][str(f * n)]['images_per_s'],
                          r['runs'][str(n)]['images_per_s'], r['cost_ratio'], r['target'], higher=False, unit='img/s'))
+    if 'alloc' in results:
+        r = results['alloc']; m = r['modes']
+        rows.append(_row(6, f"{r['config']['variant']} CPU step time: huge pages off / on", m['on']['seconds'], m['off']['seconds'],
+                         r['speedup'], None, unit='s'))
+        rows.append(_row(6, 'minor page faults per step: off / on', m['on']['faults_per_step'], m['off']['faults_per_step'],
+                         m['off']['faults_per_step'] / max(m['on']['faults_per_step'], 1), None))
     if 'run' in results:
         r = results['run']
         rows.append(_row(5, 'trl_run wall time / 10 min', r['wall'], r['targets']['wall'], r['wall'] / r['targets']['wall'],
@@ -669,7 +708,7 @@ def bench_table(res:dict)->str:
     return '\n'.join(out)
 
 # %% ../nbs/10_bench.ipynb #3590d6e1
-def run_bench(which=('dctn', 'cross', 'cam', 'pseudo', 'run', 'amp'), # benchmarks to run, from `bench_fns`
+def run_bench(which=('dctn', 'cross', 'cam', 'pseudo', 'alloc', 'run', 'amp'), # benchmarks to run, from `bench_fns`
               preset:str='spec', # a key of `bench_presets`
               overrides:dict=None, # {benchmark: {argument: value}} replacing the preset's entries
               memory:bool=True, # peak-memory measurements (figures 1 and 2)
@@ -692,7 +731,7 @@ def run_bench(which=('dctn', 'cross', 'cam', 'pseudo', 'run', 'amp'), # benchmar
 
 # %% ../nbs/10_bench.ipynb #272872c0
 @call_parse
-def trl_bench(only:str='dctn,cross,cam,pseudo,run,amp', # comma-separated benchmarks: dctn, cross, cam, pseudo, run, amp
+def trl_bench(only:str='dctn,cross,cam,pseudo,alloc,run,amp', # comma-separated benchmarks: dctn, cross, cam, pseudo, alloc, run, amp
               quick:bool=False, # tiny sizes (the 'quick' preset)
               bs:int=None, # batch size of figure 1 (and of the GPU figures)
               size:int=None, # crop side of figures 1, 2, 4 (and of the GPU figures)

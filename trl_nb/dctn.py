@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['dctn_cfgs', 'dctn_variants', 'DCTNConfig', 'block_ws', 'ValidRegion', 'twins_block', 'twins_block_forward',
-           'CrossTransformerBlock', 'Warmup', 'ConvBlock', 'LowLevelExtractor', 'TwinsStream', 'LinearHead', 'FPNHead',
-           'DCTN', 'dctn', 'load_twins_weights', 'dctn_costs', 'class_label_filter', 'query_attention',
-           'plot_query_attention']
+           'CrossTransformerBlock', 'PointwiseConv', 'Warmup', 'ConvBlock', 'LowLevelExtractor', 'TwinsStream',
+           'LinearHead', 'FPNHead', 'DCTN', 'dctn', 'load_twins_weights', 'dctn_costs', 'class_label_filter',
+           'query_attention', 'plot_query_attention']
 
 # %% ../nbs/05_dctn.ipynb #147c2068
 import math
@@ -201,10 +201,23 @@ class CrossTransformerBlock(nn.Module):
         return (x, h, dict(qk1=s1, qk2=s2, a1=a1, a2=a2)) if return_attn else (x, h)
 
 # %% ../nbs/05_dctn.ipynb #4fd01fcc
+class PointwiseConv(nn.Conv2d):
+    "1x1 convolution; on the CPU, over maps of at least `min_pixels` pixels, one batched matrix product"
+    min_pixels = 64 * 64
+    def __init__(self, in_chans:int, out_chans:int, bias:bool=True): super().__init__(in_chans, out_chans, 1, bias=bias)
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        if x.device.type != 'cpu' or H * W < self.min_pixels or not x.is_contiguous() or torch.is_autocast_enabled('cpu'):
+            return super().forward(x)
+        w = self.weight.flatten(1).expand(B, -1, -1)
+        y = torch.bmm(w, x.view(B, C, H * W)) if self.bias is None else torch.baddbmm(self.bias[None, :, None], w, x.view(B, C, H * W))
+        return y.view(B, -1, H, W)
+
 class Warmup(nn.Sequential):
     "Heat-map warm-up (Conv0): BatchNorm, 1x1 convolution, BatchNorm"
     def __init__(self, in_chans:int, out_chans:int=64):
-        super().__init__(nn.BatchNorm2d(in_chans), nn.Conv2d(in_chans, out_chans, 1, bias=False), nn.BatchNorm2d(out_chans))
+        super().__init__(nn.BatchNorm2d(in_chans), PointwiseConv(in_chans, out_chans, bias=False), nn.BatchNorm2d(out_chans))
 
 class ConvBlock(nn.Sequential):
     "3x3 convolution, BatchNorm, ReLU"
@@ -265,7 +278,7 @@ class LinearHead(nn.Module):
     "Head 1 (Eq. 6): LayerNorm and 1x1 convolution on the last stage's fused features"
     def __init__(self, dims:tuple, n_classes:int):
         super().__init__()
-        self.norm, self.conv = LayerNorm2d(dims[-1]), nn.Conv2d(dims[-1], n_classes, 1)
+        self.norm, self.conv = LayerNorm2d(dims[-1]), PointwiseConv(dims[-1], n_classes)
 
     def forward(self, feats:list, low, size, strides, region=None):
         return _upsample(self.conv(self.norm(feats[-1])), size, region, strides[-1])
@@ -275,10 +288,10 @@ class FPNHead(nn.Module):
     def __init__(self, dims:tuple, n_classes:int, fpn_dim:int=256, low_chans:int=64):
         super().__init__()
         self.norms = nn.ModuleList([LayerNorm2d(d) for d in dims])
-        self.lateral = nn.ModuleList([nn.Conv2d(d, fpn_dim, 1) for d in dims])
+        self.lateral = nn.ModuleList([PointwiseConv(d, fpn_dim) for d in dims])
         self.smooth = nn.ModuleList([ConvBlock(fpn_dim, fpn_dim) for _ in dims])
-        self.classifier = nn.Conv2d(fpn_dim, n_classes, 1)
-        self.low_conv, self.low_norm = nn.Conv2d(low_chans, n_classes, 1), nn.GroupNorm(1, n_classes)
+        self.classifier = PointwiseConv(fpn_dim, n_classes)
+        self.low_conv, self.low_norm = PointwiseConv(low_chans, n_classes), nn.GroupNorm(1, n_classes)
 
     def forward(self, feats:list, low, size, strides, region=None):
         zero = (lambda t, s: t) if region is None else region.zero
