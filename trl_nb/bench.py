@@ -8,7 +8,7 @@ __all__ = ['cpu_sdpa_flops', 'bench_builders', 'dctn_parts', 'gpu_peak_tflops', 
            'measure_memory', 'dctn_step', 'timm_step', 'flop_shares', 'bench_dctn', 'explicit_cross_forward',
            'cross_step', 'bench_cross', 'torchcam_heatmaps', 'bench_cam', 'toy_voc', 'pseudo_label_pass',
            'bench_pseudo', 'tree_rss', 'profile_command', 'bench_run', 'bench_allocator', 'peak_tflops', 'bench_amp',
-           'summarise', 'bench_table', 'run_bench', 'trl_bench', 'plot_bench']
+           'summarise', 'bench_table', 'run_bench', 'trl_bench', 'trl_bench_main', 'plot_bench']
 
 # %% ../nbs/10_bench.ipynb #7c30fd99
 import ctypes, ctypes.util, gc, json, os, platform, re, shutil, statistics, subprocess, sys, tempfile, threading, time
@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count, sdpa_back
 from fastcore.script import call_parse
 from .dctn import dctn, CrossTransformerBlock, class_label_filter
 from PIL import Image
-from .data import SegData, atomic_write, save_heatmap, load_heatmap, save_mask
+from .data import run_cli, SegData, atomic_write, save_heatmap, load_heatmap, save_mask
 
 # %% ../nbs/10_bench.ipynb #d0e75d04
 def machine_info()->dict:
@@ -753,6 +753,10 @@ def trl_bench(only:str='dctn,cross,cam,pseudo,alloc,run,amp', # comma-separated 
     print(bench_table(res))
     print(_json.dumps(res, default=str))
     return res
+
+def trl_bench_main():
+    "Console entry point of `trl_bench`: exit status 0 on success (the returned result is for Python callers)"
+    run_cli(trl_bench)
 
 # %% ../nbs/10_bench.ipynb #003a2cea
 def plot_bench(res:dict, # `run_bench`'s result

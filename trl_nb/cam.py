@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['cpu_pixels_per_pass', 'dilate_resnet', 'cam_backbone', 'CAMNet', 'cam_splitter', 'cam_learner', 'train_cam',
            'cam_heatmaps', 'size_batches', 'extract_cams', 'cam_to_labels', 'cam_threshold_sweep', 'save_cam_model',
-           'load_cam_model', 'trl_cam']
+           'load_cam_model', 'trl_cam', 'trl_cam_main']
 
 # %% ../nbs/04_cam.ipynb #9272eee7
 import json
@@ -23,7 +23,7 @@ from fastai.callback.schedule import fit_one_cycle
 import fastai.callback.channelslast  # Learner.to_channelslast
 from fastai.torch_core import params, set_seed
 from fastai.metrics import accuracy_multi
-from .data import VOID, SegData, cls_dls, save_heatmap, load_heatmap, atomic_write, image_tensor
+from .data import run_cli, VOID, SegData, cls_dls, save_heatmap, load_heatmap, atomic_write, image_tensor
 from .metrics import ConfusionMatrix
 
 # %% ../nbs/04_cam.ipynb #6735a5d7
@@ -320,3 +320,7 @@ def trl_cam(data:str, # data set root in the VOC layout
     with atomic_write(out/'cam_eval.json', 'w') as f: json.dump(res, f, indent=1)
     print(f"CAM pseudo labels on train_weak: mIoU {res['best_miou']:.4f} at threshold {best}")
     return res
+
+def trl_cam_main():
+    "Console entry point of `trl_cam`: exit status 0 on success (the returned summary is for Python callers)"
+    run_cli(trl_cam)

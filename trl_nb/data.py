@@ -15,9 +15,10 @@ from fastai.data.load import DataLoader
 from fastai.torch_core import default_device
 
 # %% auto #0
-__all__ = ['VOID', 'atomic_write', 'voc_palette', 'save_mask', 'load_mask', 'load_image', 'save_heatmap', 'load_heatmap',
-           'SegData', 'image_tensor', 'decode_image', 'colorize', 'JointAugment', 'MaskReader', 'HeatmapReader',
-           'ClsDataset', 'SegDataset', 'RefineDataset', 'pad_collate', 'cls_dls', 'refine_dls', 'seg_dls']
+__all__ = ['VOID', 'atomic_write', 'run_cli', 'voc_palette', 'save_mask', 'load_mask', 'load_image', 'save_heatmap',
+           'load_heatmap', 'SegData', 'image_tensor', 'decode_image', 'colorize', 'JointAugment', 'MaskReader',
+           'HeatmapReader', 'ClsDataset', 'SegDataset', 'RefineDataset', 'pad_collate', 'cls_dls', 'refine_dls',
+           'seg_dls']
 
 # %% ../nbs/00_data.ipynb #32d4406b
 VOID = 255  # mask value of ignored pixels (object borders in VOC, padding after a crop)
@@ -38,6 +39,15 @@ def atomic_write(path, # destination file; its folder is created when missing
     except BaseException:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
         raise
+
+# %% ../nbs/00_data.ipynb #c6a5acec
+def run_cli(f): # a `fastcore.script.call_parse` function
+    "Run `f` on the command line's arguments and return None: a console script's exit status is 0 when `f` succeeds"
+    from fastcore.script import anno_parser
+    args = vars(anno_parser(f).parse_args())
+    for k in ('pdb', 'xtra'): args.pop(k, None)
+    f(**args)
+
 
 # %% ../nbs/00_data.ipynb #aedc3ea6
 def voc_palette(n=256):

@@ -19,7 +19,7 @@ from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 from fastai.torch_core import set_seed, default_device
 from fastprogress.fastprogress import progress_bar
-from .data import (VOID, SegData, atomic_write, save_mask, load_mask, save_heatmap, load_heatmap, image_tensor,
+from .data import (run_cli, VOID, SegData, atomic_write, save_mask, load_mask, save_heatmap, load_heatmap, image_tensor,
                          HeatmapReader, RefineDataset, JointAugment, pad_collate, refine_dls)
 from .metrics import ConfusionMatrix, evaluate_folder
 from .dctn import dctn, class_label_filter
@@ -28,7 +28,7 @@ from .cam import size_batches, cam_threshold_sweep
 # %% auto #0
 __all__ = ['refine_configs', 'stage_names', 'refine_config', 'round_variant', 'step_schedule', 'refine_learner', 'save_refiner',
            'load_refiner', 'train_round', 'predict_heatmaps', 'write_refined', 'fold_ids', 'Refinement', 'refine',
-           'evaluate_heatmaps', 'evaluate_stages', 'trl_refine']
+           'evaluate_heatmaps', 'evaluate_stages', 'trl_refine', 'trl_refine_main']
 
 # %% ../nbs/06_refine.ipynb #85b07c61
 refine_configs = dict(
@@ -466,3 +466,7 @@ def trl_refine(data:str=None, # data set folder (VOC layout)
     if all(ds.mask_path(i).exists() for i in weak):
         print(evaluate_stages(ds, out, cam_dir=r.heatmaps if not callable(r.heatmaps) else None).to_string())
     return r
+
+def trl_refine_main():
+    "Console entry point of `trl_refine`: exit status 0 on success (the returned result is for Python callers)"
+    run_cli(trl_refine)
