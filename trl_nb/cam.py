@@ -171,7 +171,7 @@ def cam_heatmaps(model:CAMNet, # trained classifier (put in eval mode here)
     if max_pixels is None and dev.type == 'cpu': max_pixels = cpu_pixels_per_pass
     keep = labels[:, 1:].any(0).nonzero()[:, 0]  # classes labelled in some image: the others end up zero anyway
     acc = x.new_zeros(B, model.n_classes - 1, H, W)
-    for s in scales:
+    for s in scales if len(keep) else ():  # no image labelled with any class: every map is zero, no forward pass
         xs = x if s == 1 else F.interpolate(x, size=(round(H * s), round(W * s)), mode='bilinear', align_corners=False)
         if flip: xs = torch.cat([xs, xs.flip(-1)])
         n = len(xs) if max_pixels is None else max(1, max_pixels // (xs.shape[-2] * xs.shape[-1]))
