@@ -562,7 +562,6 @@ def bench_allocator(variant:str='dctn2', cfg:str='svt_s', bs:int=8, size:int=320
                      faults_per_step=statistics.median(r['faults_per_step'] for r in v)) for k, v in runs.items()}
     return dict(config=dict(kw, reps=reps, rounds=rounds), modes=modes, speedup=modes['off']['seconds'] / modes['on']['seconds'])
 
-
 # %% ../nbs/10_bench.ipynb #638c9aca
 gpu_peak_tflops = {'H200': 989., 'H100': 989., 'A100': 312., 'L40S': 362., 'L4': 121., 'A10': 125., 'RTX 4090': 165.,
                    'RTX 3090': 71., 'V100': 125., 'T4': 65.}  # dense bf16 (fp16 for V100, T4) tensor-core peaks

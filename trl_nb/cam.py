@@ -23,7 +23,7 @@ from fastai.callback.schedule import fit_one_cycle
 import fastai.callback.channelslast  # Learner.to_channelslast
 from fastai.torch_core import params, set_seed
 from fastai.metrics import accuracy_multi
-from .data import run_cli, VOID, SegData, cls_dls, save_heatmap, load_heatmap, atomic_write, image_tensor
+from .data import run_cli, DataError, validate_data, VOID, SegData, cls_dls, save_heatmap, load_heatmap, atomic_write, image_tensor
 from .metrics import ConfusionMatrix
 
 # %% ../nbs/04_cam.ipynb #6735a5d7
@@ -278,8 +278,8 @@ def _has_masks(data, ids):
     except (FileNotFoundError, OSError): return False
 
 @call_parse
-def trl_cam(data:str, # data set root in the VOC layout
-            out:str, # output folder
+def trl_cam(data:str=None, # data set folder in the VOC layout (required)
+            out:str=None, # output folder (required)
             arch:str='resnet50', # backbone: 'tv:NAME', 'timm:NAME' or a bare model name
             weights:str=None, # local ImageNet weights file for the backbone (random init otherwise)
             output_stride:int=16, # backbone output stride
@@ -296,8 +296,10 @@ def trl_cam(data:str, # data set root in the VOC layout
             mask_dir:str='SegmentationClass', # folder of the masks
             seed:int=0): # random seed
     "Train (or load) the CAM classifier and write `h0` heat maps for all training images."
+    if data is None or out is None: raise DataError('--data DIR and --out DIR are required')
+    if Path(out).exists() and not Path(out).is_dir(): raise DataError(f'--out {out} is a file, not a folder')
+    ds, out = validate_data(data, mask_dir), Path(out)
     set_seed(seed, reproducible=True)
-    ds, out = SegData(data, mask_dir=mask_dir), Path(out)
     ck = Path(checkpoint) if checkpoint else out/'checkpoints'/'cam.pth'
     if ck.exists() and not retrain: model = load_cam_model(ck)
     elif checkpoint: raise FileNotFoundError(f'CAM checkpoint {checkpoint} does not exist')
@@ -313,12 +315,13 @@ def trl_cam(data:str, # data set root in the VOC layout
                  flip=not no_flip, num_workers=workers)
     weak = ds.ids('train_weak')
     if not _has_masks(ds, weak): return None
+    best = float(cam_threshold_sweep(out/'heatmaps'/'cam', ds, 'train_strong').miou.idxmax())  # chosen on strong masks
     sweep = cam_threshold_sweep(out/'heatmaps'/'cam', ds, 'train_weak')
-    best = float(sweep.miou.idxmax())
-    res = dict(split='train_weak', best_threshold=best, best_miou=float(sweep.miou.max()),
+    res = dict(split='train_weak', threshold=best, miou=float(sweep.miou[best]), threshold_from='train_strong',
+               oracle_threshold=float(sweep.miou.idxmax()), oracle_miou=float(sweep.miou.max()),
                sweep={str(t): float(v) for t, v in sweep.miou.items()})
     with atomic_write(out/'cam_eval.json', 'w') as f: json.dump(res, f, indent=1)
-    print(f"CAM pseudo labels on train_weak: mIoU {res['best_miou']:.4f} at threshold {best}")
+    print(f"CAM pseudo labels on train_weak: mIoU {res['miou']:.4f} at threshold {best} (chosen on the strong images)")
     return res
 
 def trl_cam_main():

@@ -16,9 +16,9 @@ from fastai.torch_core import default_device
 
 # %% auto #0
 __all__ = ['VOID', 'atomic_write', 'run_cli', 'voc_palette', 'save_mask', 'load_mask', 'load_image', 'save_heatmap',
-           'load_heatmap', 'SegData', 'image_tensor', 'decode_image', 'colorize', 'JointAugment', 'MaskReader',
-           'HeatmapReader', 'ClsDataset', 'SegDataset', 'RefineDataset', 'pad_collate', 'cls_dls', 'refine_dls',
-           'seg_dls']
+           'load_heatmap', 'SegData', 'DataError', 'validate_data', 'image_tensor', 'decode_image', 'colorize',
+           'JointAugment', 'MaskReader', 'HeatmapReader', 'ClsDataset', 'SegDataset', 'RefineDataset', 'pad_collate',
+           'cls_dls', 'refine_dls', 'seg_dls']
 
 # %% ../nbs/00_data.ipynb #32d4406b
 VOID = 255  # mask value of ignored pixels (object borders in VOC, padding after a crop)
@@ -42,12 +42,15 @@ def atomic_write(path, # destination file; its folder is created when missing
 
 # %% ../nbs/00_data.ipynb #c6a5acec
 def run_cli(f): # a `fastcore.script.call_parse` function
-    "Run `f` on the command line's arguments and return None: a console script's exit status is 0 when `f` succeeds"
+    "Run `f` on the command line's arguments: exit status 0 when it succeeds, 2 with one line when it raises a `DataError`"
     from fastcore.script import anno_parser
+    import sys
     args = vars(anno_parser(f).parse_args())
     for k in ('pdb', 'xtra'): args.pop(k, None)
-    f(**args)
-
+    try: f(**args)
+    except DataError as e:
+        print(f'{f.__name__}: error: {e}', file=sys.stderr)
+        sys.exit(2)
 
 # %% ../nbs/00_data.ipynb #aedc3ea6
 def voc_palette(n=256):
@@ -297,6 +300,34 @@ def check(self:SegData, splits=('train_strong', 'train_weak', 'val'), # splits t
         more = f'\n... and {len(problems) - max_problems} more' if len(problems) > max_problems else ''
         raise ValueError(f'{self.root}: {len(problems)} problem(s):\n' + '\n'.join(problems[:max_problems]) + more)
     return self
+
+# %% ../nbs/00_data.ipynb #46f8039f
+class DataError(ValueError):
+    "A data set a command cannot use; the message is one line naming the culprit."
+
+def validate_data(root, # data set folder (VOC layout)
+                  mask_dir:str='SegmentationClass', # mask folder under `root`
+                  decode:bool=True, # decode every image (finds corrupt files; slower on large sets)
+                 )->SegData:
+    "The `SegData` of `root` after checking splits, files, sizes, labels and (with `decode`) every image's pixels."
+    try:
+        if not Path(root).is_dir(): raise FileNotFoundError(f'data set folder not found: {root}')
+        ds = SegData(root, mask_dir=mask_dir)
+        if not ds.image_dir.is_dir(): raise FileNotFoundError(f'image folder not found: {ds.image_dir}')
+        for split in ('train_strong', 'train_weak', 'val'):
+            if not ds.ids(split): raise ValueError(f'split {split} is empty: {ds.split_path(split)}')
+        ds.check(('train_strong', 'train_weak', 'val'))
+        for i in ds.ids('train_weak'):  # weak masks are never trained on, but evaluation reads those on disk
+            if ds.mask_path(i).exists(): ds.eval_mask(i)
+        if decode:
+            for split in ('train_strong', 'train_weak', 'val'):
+                for i in ds.ids(split): load_image(ds.image_path(i))
+    except (OSError, ValueError) as e:
+        lines = [l for l in str(e).splitlines() if l.strip()]
+        msg = lines[1] if len(lines) > 1 and 'problem(s)' in lines[0] else lines[0]
+        more = len(lines) - 2 if 'problem(s)' in lines[0] else 0
+        raise DataError(msg + (f' (and {more} more problem(s))' if more > 0 else '')) from None
+    return ds
 
 # %% ../nbs/00_data.ipynb #16a7aca0
 _MEAN, _STD = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)  # ImageNet

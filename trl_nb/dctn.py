@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['dctn_cfgs', 'dctn_variants', 'DCTNConfig', 'block_ws', 'ValidRegion', 'twins_block', 'twins_block_forward',
            'CrossTransformerBlock', 'PointwiseConv', 'Warmup', 'ConvBlock', 'LowLevelExtractor', 'TwinsStream',
-           'LinearHead', 'FPNHead', 'DCTN', 'dctn', 'load_twins_weights', 'dctn_costs', 'class_label_filter',
-           'query_attention', 'plot_query_attention']
+           'LinearHead', 'FPNHead', 'DCTN', 'dctn', 'load_twins_weights', 'TwinsClassifier', 'dctn_costs',
+           'class_label_filter', 'query_attention', 'plot_query_attention']
 
 # %% ../nbs/05_dctn.ipynb #147c2068
 import math
@@ -500,6 +500,31 @@ def load_twins_weights(model:DCTN, # model to load into
     missing = [k for k in own if k.startswith(prefixes) and k not in new
                and not (k.startswith('cross.') and not any(halves[s] in k for s in streams if s in halves))]
     return dict(loaded=sorted(new), adapted=adapted, unused=sorted(set(src) - used), missing=missing)
+
+# %% ../nbs/05_dctn.ipynb #233a4765
+class TwinsClassifier(nn.Module):
+    "Multi-label classifier on one Twins stream: DCTN's image stream pretrained on image-level labels"
+    def __init__(self,
+                 n_classes:int, # classes of the data set, background included (one output per foreground class)
+                 cfg:DCTNConfig|str='svt_s', # architecture, or a key of `dctn_cfgs`
+                 in_chans:int=3): # image channels
+        super().__init__()
+        self.cfg = dctn_cfgs[cfg] if isinstance(cfg, str) else cfg
+        self.stream = TwinsStream(self.cfg, in_chans)
+        self.norm = nn.LayerNorm(self.cfg.embed_dims[-1])
+        self.head = nn.Linear(self.cfg.embed_dims[-1], n_classes - 1)
+        self.apply(_init_weights)
+
+    def forward(self, x):
+        "Foreground class logits (B, n_classes-1)."
+        s, B = self.stream, x.shape[0]
+        for k in range(len(self.cfg.depths)):
+            t, size = s.patch_embeds[k](x)
+            for j, blk in enumerate(s.blocks[k]):
+                t = blk(t, size)
+                if j == 0: t = s.pos_block[k](t, size)
+            x = t.transpose(1, 2).reshape(B, -1, *size)
+        return self.head(self.norm(x.mean((2, 3))))
 
 # %% ../nbs/05_dctn.ipynb #7b416dd3
 def _sdpa_cpu_flops(q, k, v, *args, out_shape=None, **kwargs):

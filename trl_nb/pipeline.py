@@ -11,30 +11,36 @@ from fastcore.basics import store_attr, patch
 from fastcore.script import call_parse
 from contextlib import nullcontext as _null
 from fastai.torch_core import set_seed
-from .data import SegData, atomic_write, load_image, load_heatmap, load_mask, save_mask, colorize, voc_palette
+from .data import DataError, validate_data, SegData, atomic_write, load_image, load_heatmap, load_mask, save_mask, colorize, voc_palette
 from .metrics import evaluate_folder
 from .synth import synthesize
 from .cam import cam_learner, train_cam, extract_cams, save_cam_model, load_cam_model, cam_threshold_sweep, cam_to_labels
-from .refine import refine, evaluate_stages, stage_names
+from .refine import refine, refine_config, pretrain_image_stream, evaluate_stages, stage_names
 from .segment import train_segmenter, save_segmenter, load_segmenter, predict_folder, plot_segmentations, RESNET_TRUNK
 
 # %% auto #0
-__all__ = ['run_configs', 'choose_config', 'DataError', 'validate_data', 'Run', 'report_markdown', 'run_pipeline', 'trl_run']
+__all__ = ['run_configs', 'choose_config', 'data_identity', 'clear_run', 'remove_temp_files', 'Run', 'report_markdown',
+           'run_pipeline', 'trl_run']
 
 # %% ../nbs/08_pipeline.ipynb #c2ef14b3
+_cpu_seg = dict(arch='resnet18', output_stride=16, dilation=2, init='cam', epochs=4, steps=300, size=96, bs=16, lr=3e-3,
+                schedule='one_cycle', nh=256, dropout=0.1, strong_frac=0.5, freeze_bn=False)
 run_configs = dict(
     quick=dict(synth=dict(n_classes=3, size=80, n_strong=12, n_weak=24, n_val=8),
                cam=dict(arch='resnet18', output_stride=16, epochs=2, size=80, bs=16, lr=1e-3, scales=(1.0,), flip=True, cam_bs=16),
+               pretrain=dict(epochs=2, lr=2e-3, bs=16),
                refine=dict(config='small', rounds=2, epochs=2, folds=2),
-               seg=dict(arch='resnet18', output_stride=16, init='cam', epochs=2, size=64, bs=8, lr=1e-3, nh=128),
-               baselines=('sup_only', 'full_sup')),
+               seg=dict(_cpu_seg, epochs=2, steps=8, size=64, bs=8, nh=128),
+               baselines=('sup_only', 'full_sup', 'cam')),
     cpu=dict(synth=dict(),
-             cam=dict(arch='resnet18', output_stride=16, epochs=5, size=96, bs=32, lr=2e-3, scales=(1.0, 1.5), flip=True, cam_bs=32),
-             refine=dict(config='small', rounds=2, epochs=20, strong_maps='self'),
-             seg=dict(arch='resnet18', output_stride=16, init='cam', epochs=4, size=64, bs=8, lr=1e-3, nh=256),
-             baselines=('sup_only',)),
+             cam=dict(arch='resnet18', output_stride=16, epochs=8, size=96, bs=32, lr=2e-3, scales=(1.0, 1.5), flip=True, cam_bs=32),
+             pretrain=dict(epochs=8, lr=2e-3, bs=32),
+             refine=dict(config='small', rounds=2, epochs=30, strong_maps='self'),
+             seg=_cpu_seg,
+             baselines=('sup_only', 'full_sup', 'cam')),
     paper=dict(synth=dict(),
                cam=dict(arch='resnet50', output_stride=16, epochs=5, size=320, bs=16, lr=1e-3, scales=(0.5, 1.0, 1.5, 2.0), flip=True, cam_bs=8),
+               pretrain=None,
                refine=dict(config='paper', rounds=2),
                seg=dict(arch='resnet101', epochs=32, size=328, bs=4, lr=1e-4),
                baselines=('sup_only', 'full_sup')))
@@ -48,29 +54,48 @@ def choose_config(data:SegData, # the data set
     n = len(data.ids('train_strong')) + len(data.ids('train_weak'))
     return 'paper' if cuda and n >= 2000 else 'cpu'
 
-# %% ../nbs/08_pipeline.ipynb #22502316
-class DataError(ValueError):
-    "A data set `trl_run` cannot use; the message is one line naming the culprit."
+# %% ../nbs/08_pipeline.ipynb #67698069
+def data_identity(ds:SegData)->dict:
+    "What identifies a data set for a resumed run: its folder, classes and the ids of its splits (hashed)."
+    import hashlib
+    splits = {s: hashlib.sha1('\n'.join(ds.ids(s)).encode()).hexdigest()[:16] for s in ('train_strong', 'train_weak', 'val')}
+    return dict(root=str(Path(ds.root).resolve()), classes=list(ds.classes), splits=splits)
 
-def validate_data(root, # data set folder (VOC layout)
-                  mask_dir:str='SegmentationClass', # mask folder under `root`
-                  decode:bool=True, # decode every image (finds corrupt files; slower on large sets)
-                 )->SegData:
-    "The `SegData` of `root` after checking splits, files, sizes, labels and (with `decode`) every image's pixels."
-    try:
-        ds = SegData(root, mask_dir=mask_dir)
-        for split in ('train_strong', 'train_weak', 'val'):
-            if not ds.ids(split): raise ValueError(f'split {split} is empty: {ds.split_path(split)}')
-        ds.check(('train_strong', 'train_weak', 'val'))
-        if decode:
-            for split in ('train_strong', 'train_weak', 'val'):
-                for i in ds.ids(split): load_image(ds.image_path(i))
-    except (OSError, ValueError) as e:
-        lines = [l for l in str(e).splitlines() if l.strip()]
-        msg = lines[1] if len(lines) > 1 and 'problem(s)' in lines[0] else lines[0]
-        more = len(lines) - 2 if 'problem(s)' in lines[0] else 0
-        raise DataError(msg + (f' (and {more} more problem(s))' if more > 0 else '')) from None
-    return ds
+def _leaves(d:dict, prefix:str='')->dict:
+    "Nested dict -> {'a.b.c': value}."
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v: out.update(_leaves(v, f'{prefix}{k}.'))
+        else: out[f'{prefix}{k}'] = v
+    return out
+
+def _differences(old:dict, new:dict, limit:int=3)->str:
+    "The first `limit` differing leaves of two nested dicts, as 'key: old -> new'."
+    a, b = _leaves(old), _leaves(new)
+    diff = [f'{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return ', '.join(diff[:limit]) + (f' and {len(diff) - limit} more' if len(diff) > limit else '')
+
+# %% ../nbs/08_pipeline.ipynb #23ba2b9d
+_RUN_ENTRIES = {'data', 'heatmaps', 'pseudo_labels', 'predictions', 'checkpoints', 'logs', 'progress', 'report.json',
+                'report.md', 'figures', 'baselines', 'stages'}
+
+def clear_run(out, # a run folder
+              data=None): # the data set of the new run (refused when inside `out`)
+    "Delete the run in `out`, refusing folders that are not runs or that hold other files or the data set."
+    out = Path(out)
+    if data is not None and Path(out).resolve() in [Path(data).resolve(), *Path(data).resolve().parents]:
+        raise DataError(f'--fresh would delete the data set {data}: it lies inside --out {out}')
+    if not (out/'progress').is_dir():
+        raise DataError(f'--fresh refuses to delete {out}: it holds no run (no progress/ folder)')
+    if other := sorted(p.name for p in out.iterdir() if p.name not in _RUN_ENTRIES and not p.name.startswith('.')):
+        raise DataError(f'--fresh refuses to delete {out}: it holds files no run makes ({", ".join(other[:3])})')
+    shutil.rmtree(out)
+    print(f'{out}: previous run deleted (--fresh)')
+
+def remove_temp_files(out):
+    "Delete the temp files a killed run left under `out` (`atomic_write` names them `.<name>.<random>.tmp`)."
+    for p in Path(out).rglob('.*.tmp') if Path(out).is_dir() else []:
+        if p.is_file(): p.unlink()
 
 # %% ../nbs/08_pipeline.ipynb #381efc7f
 def _write_json(obj, path):
@@ -125,15 +150,15 @@ def prepare(self:Run):
         self.stage('data', _gen)
         self.data = self.out/'data'
     self.ds = validate_data(self.data, self.mask_dir)
-    if self.done('config'): saved = self.record('config')
-    else:
-        name = self.config or choose_config(self.ds)
-        saved = dict(name=name, settings=_merge(run_configs[name], self.overrides or {}), seed=self.seed,
-                     data=str(Path(self.data).resolve()))
-        _write_json(saved, self.progress/'config.json')
-    if self.config is not None and saved['name'] != self.config:
-        raise DataError(f'{self.out} holds a run with configuration {saved["name"]!r}; use fresh=True (--fresh) to start over')
-    self.config, self.cfg = saved['name'], saved['settings']
+    name = self.config or (self.record('config')['name'] if self.done('config') else choose_config(self.ds))
+    want = json.loads(json.dumps(dict(name=name, settings=_merge(run_configs[name], self.overrides or {}), seed=self.seed,
+                                      data=data_identity(self.ds)), default=list))
+    if self.done('config'):
+        saved = self.record('config')
+        if diff := _differences(saved, want):
+            raise DataError(f'{self.out} holds a run made with other settings ({diff}); use another --out, or --fresh to start over')
+    else: _write_json(want, self.progress/'config.json')
+    self.config, self.cfg = want['name'], want['settings']
     self.weak_masks = all(self.ds.mask_path(i).exists() for i in self.ds.ids('train_weak'))
     return self
 
@@ -161,17 +186,37 @@ def run_cam(self:Run):
         return dict(stage_seconds=secs)
     return self.stage('cam', _run)
 
+# %% ../nbs/08_pipeline.ipynb #a370b941
+@patch
+def refine_cfg(self:Run)->dict:
+    "The `refine_config` of this run (its `refine` settings on top of the named refinement configuration)."
+    c = {k: v for k, v in self.cfg['refine'].items() if k not in ('rounds', 'config')}
+    return refine_config(self.cfg['refine']['config'], **c)
+
+@patch
+def run_pretrain(self:Run):
+    "Pretrain DCTN's image stream on the image labels; returns the weight file for the refinement, or None."
+    c, dest = self.cfg.get('pretrain'), self.out/'checkpoints'/'twins_image_stream.pth'
+    if not c or self.cfg['refine'].get('pretrained'): return None
+    def _run():
+        learn = pretrain_image_stream(self.ds, dest, self.refine_cfg(), seed=self.seed, bar=not self.quiet, **c)
+        return dict(final_loss=float(learn.recorder.losses[-1]))
+    self.stage('pretrain', _run)
+    return dest
+
 # %% ../nbs/08_pipeline.ipynb #e24c3ebe
 @patch
 def run_refine(self:Run):
     "Refinement rounds and pseudo labels (resumable), then Table 2's rows when weak masks exist for evaluation."
     c = dict(self.cfg['refine'])
+    weights = self.run_pretrain()
+    if weights is not None: c['pretrained'] = str(weights)
     def _run():
         rounds, name = c.pop('rounds'), c.pop('config')
         r = refine(self.ds, self.out/'heatmaps'/'cam', self.out, rounds, config=name, seed=self.seed, bar=not self.quiet, **c)
-        res = dict(records=r.records)
+        res = dict(records=r.records, cam_threshold=self.cam_threshold())
         if self.weak_masks:
-            df = evaluate_stages(self.ds, self.out)
+            df = evaluate_stages(self.ds, self.out, cam_threshold=res['cam_threshold'])
             res['pseudo_label_miou'] = {k: float(v) for k, v in df.miou.items()}
         return res
     return self.stage('refine', _run)
@@ -196,11 +241,14 @@ def cam_backbone(self:Run):
     return dest
 
 @patch
+def cam_threshold(self:Run)->float:
+    "CAM's background threshold: the best of a sweep on the strong images (never on the weak masks it is scored on)."
+    return float(cam_threshold_sweep(self.out/'heatmaps'/'cam', self.ds, 'train_strong').miou.idxmax())
+
+@patch
 def cam_pseudo_labels(self:Run):
-    "Pseudo labels from `h0` with the background threshold that is best on the strong images (the `cam` baseline)."
-    dest = self.out/'baselines'/'cam'/'pseudo_labels'
-    sweep = cam_threshold_sweep(self.out/'heatmaps'/'cam', self.ds, 'train_strong')  # strong masks: no leakage
-    th = float(sweep.miou.idxmax())
+    "Pseudo labels from `h0` with the background threshold chosen on the strong images (the `cam` baseline)."
+    dest, th = self.out/'baselines'/'cam'/'pseudo_labels', self.cam_threshold()
     for i in self.ds.ids('train_weak'):
         fn = dest/f'{i}.png'
         if fn.exists(): continue
@@ -214,13 +262,11 @@ def run_segment(self:Run, name:str # 'trl', 'sup_only', 'naive', 'cam' or 'full_
     "Train the segmenter `name`, predict the val images, and score them."
     c = dict(self.cfg['seg'])
     mode = dict(trl='dual', cam='dual', naive='naive', sup_only='sup_only', full_sup='full_sup')[name]
-    if c.pop('match_steps', True) and mode == 'sup_only':  # as many steps as the others: epochs scaled by the image count
-        n = len(self.ds.ids('train_strong'))
-        c['epochs'] = max(1, round(c['epochs'] * (n + len(self.ds.ids('train_weak'))) / n))
     def _run():
         pseudo = dict(trl=self.out/'pseudo_labels', naive=self.out/'pseudo_labels').get(name)
         if name == 'cam': pseudo = self.cam_pseudo_labels()
         if c.pop('init', None) == 'cam': c['weights'] = str(self.cam_backbone())
+        if mode != 'dual': c.pop('strong_frac', None)
         ck = self.out/'checkpoints'/f'seg_{name}.pth'
         t = time.perf_counter()
         if ck.exists(): model = load_segmenter(ck)
@@ -344,11 +390,16 @@ def run_pipeline(out='runs/default', # output folder
                 )->dict:
     "Run CAM -> refinement rounds -> pseudo labels -> segmenters -> evaluation into `out`; returns the report."
     out = Path(out)
+    if out.exists() and not out.is_dir(): raise DataError(f'--out {out} is a file, not a folder')
     if data is not None and not Path(data).is_dir(): raise DataError(f'data set folder not found: {data}')
-    if fresh and out.exists(): shutil.rmtree(out)
+    if fresh and out.exists():
+        if data is not None: validate_data(data, mask_dir)  # nothing is deleted for a run that cannot start
+        clear_run(out, data)
+    remove_temp_files(out)
     run = Run(out, data, config, seed, overrides, mask_dir, quiet).prepare()
     res = {'data': run.record('data')} if run.done('data') else {}
     res.update(cam=run.run_cam(), refine=run.run_refine())
+    if run.done('pretrain'): res['pretrain'] = run.record('pretrain')
     names = ['trl'] + [b for b in run.cfg['baselines'] if b != 'full_sup' or run.weak_masks]
     for name in names: res[f'seg_{name}'] = run.run_segment(name)
     return run.report(res)

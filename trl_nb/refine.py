@@ -5,6 +5,8 @@
 # %% ../nbs/06_refine.ipynb #5b20c885
 from __future__ import annotations
 import json, shutil, time
+from contextlib import nullcontext
+from dataclasses import fields, replace
 from functools import partial
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn.functional as F
@@ -19,23 +21,24 @@ from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 from fastai.torch_core import set_seed, default_device
 from fastprogress.fastprogress import progress_bar
-from .data import (run_cli, VOID, SegData, atomic_write, save_mask, load_mask, save_heatmap, load_heatmap, image_tensor,
+from .data import (run_cli, DataError, validate_data, VOID, SegData, atomic_write, save_mask, load_mask, save_heatmap, load_heatmap, image_tensor,
                          HeatmapReader, RefineDataset, JointAugment, pad_collate, refine_dls)
 from .metrics import ConfusionMatrix, evaluate_folder
-from .dctn import dctn, class_label_filter
+from .dctn import dctn, dctn_cfgs, class_label_filter, load_twins_weights, TwinsClassifier
 from .cam import size_batches, cam_threshold_sweep
+from .data import cls_dls
 
 # %% auto #0
 __all__ = ['refine_configs', 'stage_names', 'refine_config', 'round_variant', 'step_schedule', 'refine_learner', 'save_refiner',
-           'load_refiner', 'train_round', 'predict_heatmaps', 'write_refined', 'fold_ids', 'Refinement', 'refine',
-           'evaluate_heatmaps', 'evaluate_stages', 'trl_refine', 'trl_refine_main']
+           'load_refiner', 'train_round', 'pretrain_image_stream', 'predict_heatmaps', 'write_refined', 'fold_ids',
+           'Refinement', 'refine', 'evaluate_heatmaps', 'evaluate_stages', 'trl_refine', 'trl_refine_main']
 
 # %% ../nbs/06_refine.ipynb #85b07c61
 refine_configs = dict(
-    small=dict(dctn='small', dctn_kw=dict(wss=(3, 3, 3, 3), patch_sizes=(4, 2, 1, 1)), crop=96, bs=8, epochs=30, lr=1e-3, decay_at=0.7, decay=0.1,
-               wd=0., scale=(0.7, 1.3), strong_maps='oof', folds=2, infer_bs=32, num_workers=0),
-    paper=dict(dctn='svt_s', dctn_kw={}, crop=320, bs=8, epochs=150, lr=1e-4, decay_at=0.7, decay=0.1, wd=0.,
-               scale=(0.7, 1.3), strong_maps='self', folds=2, infer_bs=16, num_workers=4))
+    small=dict(dctn='small', dctn_kw=dict(wss=(4, 4, 4, 4), patch_sizes=(4, 2, 1, 1)), crop=64, bs=8, epochs=30, lr=1e-3, schedule='one_cycle', decay_at=0.7, decay=0.1,
+               wd=0., scale=(0.7, 1.3), strong_maps='oof', folds=2, infer_bs=32, num_workers=0, pretrained=None),
+    paper=dict(dctn='svt_s', dctn_kw={}, crop=320, bs=8, epochs=150, lr=1e-4, schedule='step', decay_at=0.7, decay=0.1, wd=0.,
+               scale=(0.7, 1.3), strong_maps='self', folds=2, infer_bs=16, num_workers=4, pretrained=None))
 
 def refine_config(name:str='small', # a key of `refine_configs`
                   **kwargs): # overrides of its entries
@@ -46,9 +49,11 @@ def refine_config(name:str='small', # a key of `refine_configs`
     if bad: raise ValueError(f'unknown refine config entries {sorted(bad)}; known: {sorted(cfg)}')
     if 'dctn' in kwargs and kwargs['dctn'] != cfg['dctn'] and 'dctn_kw' not in kwargs: cfg['dctn_kw'] = {}
     cfg.update(kwargs)
+    if cfg['schedule'] not in ('step', 'one_cycle'): raise ValueError(f"schedule must be 'step' or 'one_cycle', got {cfg['schedule']!r}")
     if cfg['strong_maps'] not in ('self', 'oof'): raise ValueError(f"strong_maps must be 'self' or 'oof', got {cfg['strong_maps']!r}")
     if cfg['strong_maps'] == 'oof' and cfg['folds'] < 2: raise ValueError(f"out-of-fold maps need folds >= 2, got {cfg['folds']}")
     if isinstance(cfg['scale'], list): cfg['scale'] = tuple(cfg['scale'])
+    if cfg['pretrained'] is not None: cfg['pretrained'] = str(cfg['pretrained'])
     cfg['dctn_kw'] = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg['dctn_kw'].items()}
     return cfg
 
@@ -90,6 +95,8 @@ def refine_learner(data:SegData, # the data set
     cfg = cfg or refine_config()
     dls = _strong_dls(data, heatmaps, ids, cfg, device)
     model = dctn(variant, cfg['dctn'], n_classes=data.n_classes, **cfg['dctn_kw'])
+    if cfg['pretrained'] is not None and (streams := [s for s in model.streams if s in ('image', 'concat')]):
+        load_twins_weights(model, cfg['pretrained'], streams)  # the image stream (or the concatenated one) of every variant
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(axis=1, ignore_index=VOID), opt_func=Adam, lr=cfg['lr'],
                     wd=cfg['wd'])
     if dls.device.type == 'cuda':
@@ -137,11 +144,32 @@ def train_round(data:SegData, # the data set
     if ckpt is not None and Path(ckpt).exists():
         learn.model.load_state_dict(load_refiner(ckpt).state_dict())
         return learn
-    sched = ParamScheduler({'lr': step_schedule(cfg['lr'], cfg['decay_at'], cfg['decay'])})
-    if bar: learn.fit(cfg['epochs'], cfg['lr'], cbs=sched)
-    else:
-        with learn.no_bar(), learn.no_logging(): learn.fit(cfg['epochs'], cfg['lr'], cbs=sched)
+    with nullcontext() if bar else learn.no_bar(), nullcontext() if bar else learn.no_logging():
+        if cfg['schedule'] == 'one_cycle': learn.fit_one_cycle(cfg['epochs'], cfg['lr'])
+        else: learn.fit(cfg['epochs'], cfg['lr'], cbs=ParamScheduler({'lr': step_schedule(cfg['lr'], cfg['decay_at'], cfg['decay'])}))
     if ckpt is not None: save_refiner(learn.model, ckpt, variant, cfg)
+    return learn
+
+# %% ../nbs/06_refine.ipynb #0102721c
+def pretrain_image_stream(data:SegData, # the data set: every training image's labels are used
+                          dest, # file for the Twins state dict of the stream
+                          cfg:dict=None, # a `refine_config`: its architecture and crop size
+                          epochs:int=10, # training epochs
+                          lr:float=2e-3, # peak learning rate (one-cycle schedule)
+                          bs:int=32, # batch size
+                          seed:int=0, # random seed
+                          bar:bool=True, # show progress bars
+                          device=None, # training device (default: the GPU when there is one)
+                         )->Learner:
+    "Train the image stream of `cfg`'s DCTN as a multi-label classifier on the image labels; save it to `dest`."
+    cfg = cfg or refine_config()
+    set_seed(seed, reproducible=True)
+    arch = replace(dctn_cfgs[cfg['dctn']], **{k: v for k, v in cfg['dctn_kw'].items() if k in {f.name for f in fields(dctn_cfgs[cfg['dctn']])}})
+    dls = cls_dls(data, size=cfg['crop'], bs=bs, scale=cfg['scale'], valid_split=None, num_workers=cfg['num_workers'], device=device)
+    learn = Learner(dls, TwinsClassifier(data.n_classes, arch), loss_func=torch.nn.MultiLabelSoftMarginLoss())
+    if dls.device.type == 'cuda': learn.to_bf16() if torch.cuda.is_bf16_supported() else learn.to_fp16()
+    with nullcontext() if bar else learn.no_bar(), nullcontext() if bar else learn.no_logging(): learn.fit_one_cycle(epochs, lr)
+    with atomic_write(dest) as f: torch.save({k: v.detach().cpu() for k, v in learn.model.stream.state_dict().items()}, f)
     return learn
 
 # %% ../nbs/06_refine.ipynb #829edc5a
@@ -457,9 +485,11 @@ def trl_refine(data:str=None, # data set folder (VOC layout)
                no_bar:bool=False, # plain logs instead of progress bars
               ):
     "Refinement rounds of TRL on a data set's weak images, pseudo labels in <out>/pseudo_labels."
-    if data is None: raise ValueError('trl_refine: --data DIR is required (a data set in the VOC layout)')
+    if data is None: raise DataError('--data DIR is required (a data set in the VOC layout)')
+    if Path(out).exists() and not Path(out).is_dir(): raise DataError(f'--out {out} is a file, not a folder')
     kw = {k: v for k, v in dict(strong_maps=strong_maps, folds=folds, epochs=epochs, crop=crop, bs=bs, lr=lr, dctn=dctn).items() if v is not None}
-    ds = SegData(data, mask_dir=mask_dir)
+    ds = validate_data(data, mask_dir)
+    if heatmaps is not None and not Path(heatmaps).is_dir(): raise DataError(f'heat map folder not found: {heatmaps}')
     r = refine(ds, heatmaps, out, rounds, fresh, config=config, seed=seed, bar=not no_bar, **kw)
     print(f'pseudo labels of {len(ds.ids("train_weak"))} weak images: {r.pseudo_dir}')
     weak = ds.ids('train_weak')

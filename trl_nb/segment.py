@@ -29,8 +29,8 @@ from .cam import dilate_resnet
 
 # %% auto #0
 __all__ = ['RESNETS', 'RESNET_TRUNK', 'STRONG', 'WEAK', 'MODES', 'PAPER_SEGMENTER', 'load_imagenet_weights', 'resnet_backbone',
-           'LargeFOVHead', 'DeepLabLargeFOV', 'deeplab_splitter', 'broadcast_list', 'BranchDL', 'BranchRouter',
-           'seg_cross_entropy', 'init_distributed', 'DDPTrainer', 'BranchDataset', 'train_items', 'segment_dls',
+           'LargeFOVHead', 'DeepLabLargeFOV', 'deeplab_splitter', 'broadcast_list', 'BranchDL', 'seg_cross_entropy',
+           'branch_cross_entropy', 'init_distributed', 'DDPTrainer', 'BranchDataset', 'train_items', 'segment_dls',
            'SegMIoU', 'segmenter_learner', 'train_segmenter', 'save_segmenter', 'load_segmenter', 'predict_folder',
            'plot_segmentations']
 
@@ -94,13 +94,16 @@ class DeepLabLargeFOV(nn.Module):
                  n_heads:int=2, # 2 for the dual-branch model, 1 for a single branch
                  nh:int=1024, # hidden channels of the heads
                  freeze_bn:bool=None, # keep the backbone's batch norms fixed (default: when `weights` is given)
-                 output_stride:int=8): # backbone output stride (DeepLabV1: 8)
+                 output_stride:int=8, # backbone output stride (DeepLabV1: 8)
+                 dilation:int=12, # dilation of the heads' 3x3 convolution (DeepLabV1: 12 on a 41x41 map)
+                 dropout:float=0.5): # dropout of the heads (DeepLabV1: 0.5)
         super().__init__()
         if n_heads not in (1, 2): raise ValueError(f'n_heads must be 1 or 2, got {n_heads}')
-        self.config = dict(n_classes=n_classes, arch=arch, n_heads=n_heads, nh=nh, output_stride=output_stride)
+        self.config = dict(n_classes=n_classes, arch=arch, n_heads=n_heads, nh=nh, output_stride=output_stride,
+                           dilation=dilation, dropout=dropout)
         self.freeze_bn = weights is not None if freeze_bn is None else freeze_bn
         self.backbone, ni = resnet_backbone(arch, weights, output_stride)
-        self.heads = nn.ModuleList(LargeFOVHead(ni, n_classes, nh) for _ in range(n_heads))
+        self.heads = nn.ModuleList(LargeFOVHead(ni, n_classes, nh, dilation, dropout) for _ in range(n_heads))
         if self.freeze_bn:
             for m in self.backbone.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm): m.requires_grad_(False)
@@ -115,13 +118,24 @@ class DeepLabLargeFOV(nn.Module):
 
     def forward(self,
                 x:torch.Tensor, # images (B,3,H,W)
-                branch:torch.Tensor=None): # (B,) head index per image, all equal (None: strong head)
-        "Logits (B, n_classes, H, W) of the head `branch` asks for."
-        i = 0 if branch is None else int(branch.reshape(-1)[0])
-        if branch is not None and (branch.numel() != len(x) or bool((branch != i).any())):
-            raise ValueError(f'every image of a batch must train the same branch, got {branch.tolist()}')
-        if not 0 <= i < len(self.heads): raise ValueError(f'branch {i} asked of a model with {len(self.heads)} head(s)')
-        return F.interpolate(self.heads[i](self.backbone(x)), size=x.shape[-2:], mode='bilinear', align_corners=False)
+                branch:torch.Tensor=None): # (B,) head index of each image (None: strong head for all)
+        "Logits (B, n_classes, H, W), each image's from the head its `branch` names."
+        f = self.backbone(x)
+        if branch is None: y = self.heads[0](f)
+        else:
+            branch = torch.as_tensor(branch, device=x.device).reshape(-1)
+            if branch.numel() != len(x): raise ValueError(f'{branch.numel()} branches for {len(x)} images')
+            if bool(((branch < 0) | (branch >= len(self.heads))).any()):
+                raise ValueError(f'branch {branch.max().item()} asked of a model with {len(self.heads)} head(s)')
+            y = None
+            for i, head in enumerate(self.heads):
+                idx = (branch == i).nonzero().flatten()
+                if idx.numel() == 0: continue
+                yi = head(f if idx.numel() == len(x) else f[idx])
+                if idx.numel() == len(x): y = yi; break
+                if y is None: y = yi.new_zeros(len(x), *yi.shape[1:])
+                y = y.index_copy(0, idx, yi)
+        return F.interpolate(y, size=x.shape[-2:], mode='bilinear', align_corners=False)
 
 # %% ../nbs/07_segment.ipynb #d74a978d
 def deeplab_splitter(model:DeepLabLargeFOV):
@@ -139,12 +153,14 @@ def broadcast_list(x:list): # nested lists of ints (rank 0's value is kept)
 
 # %% ../nbs/07_segment.ipynb #fd2af5ec
 class BranchDL(DataLoader):
-    "Shuffled batches that each hold items of a single branch; in a distributed run, this rank's share of them."
+    "Shuffled batches with `strong_frac` of each batch strong items and the rest weak; in a distributed run, this rank's share."
     def __init__(self,
-                 dataset, # items `(image, branch, mask)`
+                 dataset, # items `(image, branch, mask, branch)`
                  branches, # branch of each item (`STRONG`/`WEAK`)
                  bs:int=4, # batch size per process
-                 shuffle:bool=True, # shuffle images and batches every epoch
+                 strong_frac:float=0.5, # share of strong items in each batch when both branches are present
+                 steps_per_epoch:int=None, # batches per epoch (default: every item of the larger branch once)
+                 shuffle:bool=True, # shuffle the items every epoch
                  rank:int=None, # this process (default: `RANK` set by torchrun, else 0)
                  world_size:int=None, # processes sharing the epoch (default: `WORLD_SIZE` set by torchrun, else 1)
                  **kwargs):
@@ -152,41 +168,38 @@ class BranchDL(DataLoader):
         if len(self.branches) != len(dataset): raise ValueError(f'{len(self.branches)} branches for {len(dataset)} items')
         self.rank = rank_distrib() if rank is None else rank
         self.world_size = max(num_distrib(), 1) if world_size is None else world_size
-        gbs = bs * self.world_size
-        n = sum(int((self.branches == b).sum()) // gbs * bs for b in np.unique(self.branches))
-        if n == 0: raise ValueError(f'{len(dataset)} items are too few for one batch of {bs} x {self.world_size} process(es)')
-        super().__init__(dataset, bs=bs, shuffle=shuffle, drop_last=True, n=n, **kwargs)
+        kinds = [int(b) for b in np.unique(self.branches)]
+        if len(kinds) == 2:
+            if bs < 2: raise ValueError(f'a batch mixing strong and weak items needs bs >= 2, got {bs}')
+            if not 0 < strong_frac < 1: raise ValueError(f'strong_frac must be in (0, 1), got {strong_frac}')
+            ns = min(max(round(bs * strong_frac), 1), bs - 1)
+            self.quota = {STRONG: ns, WEAK: bs - ns}
+        else: self.quota = {k: bs for k in kinds}
+        pools = {k: int((self.branches == k).sum()) for k in kinds}
+        if steps_per_epoch is None:
+            steps_per_epoch = max((pools[k] // (q * self.world_size) for k, q in self.quota.items()), default=0)
+            if steps_per_epoch == 0: raise ValueError(f'{len(dataset)} items are too few for one batch of {bs} x {self.world_size} process(es)')
+        elif steps_per_epoch < 1: raise ValueError(f'steps_per_epoch must be >= 1, got {steps_per_epoch}')
+        self.steps_per_epoch = steps_per_epoch
+        super().__init__(dataset, bs=bs, shuffle=shuffle, drop_last=True, n=steps_per_epoch * bs, **kwargs)
+
+    def _stream(self, k, n):
+        "`n` item indices of branch `k`: shuffled passes over its items, as many as needed."
+        idx, out = np.flatnonzero(self.branches == k).tolist(), []
+        while len(out) < n:
+            if self.shuffle: self.rng.shuffle(idx)
+            out += idx
+        return out[:n]
 
     def global_batches(self):
-        "This epoch's batches of `bs * world_size` item indices, one branch each (rank 0's draw in a distributed run)."
-        gbs, batches = self.bs * self.world_size, []
-        for b in np.unique(self.branches):
-            idx = np.flatnonzero(self.branches == b).tolist()
-            if self.shuffle: self.rng.shuffle(idx)
-            batches += [idx[i:i + gbs] for i in range(0, len(idx) - gbs + 1, gbs)]
-        if self.shuffle: self.rng.shuffle(batches)
-        return broadcast_list(batches)
+        "This epoch's batches of `bs * world_size` item indices, rank by rank (rank 0's draw in a distributed run)."
+        n = self.steps_per_epoch * self.world_size
+        streams = {k: self._stream(k, n * q) for k, q in self.quota.items()}
+        pieces = [sum((streams[k][j * q:(j + 1) * q] for k, q in self.quota.items()), []) for j in range(n)]
+        return broadcast_list([sum(pieces[s * self.world_size:(s + 1) * self.world_size], []) for s in range(self.steps_per_epoch)])
 
     def get_idxs(self):
         return [i for gb in self.global_batches() for i in gb[self.rank * self.bs:(self.rank + 1) * self.bs]]
-
-# %% ../nbs/07_segment.ipynb #e9f5b952
-class BranchRouter(Callback):
-    "Keep the optimiser off the heads a batch did not train; check that all ranks train the same branch."
-    order = MixedPrecision.order - 1  # before the (mixed-precision) optimiser step
-    def before_batch(self):
-        if not self.training or len(self.xb) < 2: return
-        self.branch = int(self.xb[1].reshape(-1)[0])
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            t = torch.tensor([self.branch, -self.branch], device=self.xb[1].device)
-            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-            if t[0] != -t[1]: raise RuntimeError(f'ranks train different branches in batch {self.iter} (rank {rank_distrib()}: {self.branch})')
-
-    def before_step(self):
-        heads = getattr(self.learn.model, 'module', self.learn.model).heads
-        for i, head in enumerate(heads):
-            if i != self.branch:
-                for p in head.parameters(): p.grad = None
 
 # %% ../nbs/07_segment.ipynb #512bb676
 def seg_cross_entropy(pred:torch.Tensor, # logits (B,C,H,W)
@@ -194,6 +207,19 @@ def seg_cross_entropy(pred:torch.Tensor, # logits (B,C,H,W)
     "Mean cross-entropy over the non-void pixels of `target`."
     loss = F.cross_entropy(pred.float(), target, ignore_index=VOID, reduction='sum')
     return loss / (target != VOID).sum().clamp(min=1)
+
+# %% ../nbs/07_segment.ipynb #e9f5b952
+def branch_cross_entropy(pred:torch.Tensor, # logits (B,C,H,W), each image's from its own head
+                         target:torch.Tensor, # class indices (B,H,W), `VOID` ignored
+                         branch:torch.Tensor=None, # (B,) branch of each image (None: all strong)
+                         weak_weight:float=1.): # weight of the weak images' loss
+    "Mean non-void cross-entropy of the strong images plus `weak_weight` times that of the weak images."
+    if branch is None: return seg_cross_entropy(pred, target)
+    branch, loss = branch.reshape(-1), pred.new_zeros(()).float()
+    for b, w in ((STRONG, 1.), (WEAK, weak_weight)):
+        sel = branch == b
+        if bool(sel.any()): loss = loss + w * seg_cross_entropy(pred[sel], target[sel])
+    return loss
 
 # %% ../nbs/07_segment.ipynb #3e36b5a3
 def init_distributed():
@@ -209,7 +235,7 @@ class DDPTrainer(Callback):
     "Wrap the model in `DistributedDataParallel` (NCCL on CUDA, gloo on CPU) while fitting."
     order = 11  # after `ChannelsLast` moved the model, before the batches flow
     def __init__(self,
-                 find_unused:bool=False, # some parameters get no gradient in a step (the dual-branch model's idle head)
+                 find_unused:bool=False, # some parameters get no gradient in some steps
                  sync_bn:bool=True): # use `SyncBatchNorm` on CUDA
         store_attr()
 
@@ -230,7 +256,7 @@ class DDPTrainer(Callback):
 MODES = ('dual', 'sup_only', 'naive', 'full_sup')
 
 class BranchDataset(torch.utils.data.Dataset):
-    "Items `(image, branch, mask)` from several `SegDataset`s, each training one branch."
+    "Items `(image, branch, mask, branch)` from several `SegDataset`s, each training one branch."
     n_inp = 2  # model inputs: image, branch
     def __init__(self, parts): # list of (`SegDataset`, branch)
         self.parts = [(ds, b) for ds, b in parts if len(ds)]
@@ -240,7 +266,7 @@ class BranchDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         k, j = self.index[i]
         (ds, b), (x, m) = self.parts[k], self.parts[k][0][j]
-        return x, torch.tensor(b), m
+        return x, torch.tensor(b), m, torch.tensor(b)
 
 def _check_pseudo(data, ids, pseudo_dir):
     if pseudo_dir is None: raise ValueError('pseudo_dir is required: this mode trains on pseudo labels of the weak images')
@@ -274,17 +300,20 @@ def segment_dls(data, # a `SegData`
                 pseudo_dir=None, # folder of `<id>.png` pseudo masks of the weak images (`dual`, `naive`)
                 size:int=328, # training crop size (paper: 328)
                 bs:int=4, # batch size per process (paper: 4)
+                strong_frac:float=0.5, # share of strong images in each batch of `dual` (see `BranchDL`)
+                steps_per_epoch:int=None, # batches per epoch (default: see `BranchDL`)
                 valid_split:str=None, # split to validate on after every epoch (None: no validation)
                 valid_bs:int=None, # validation batch size (default `bs`)
                 scale=(0.7, 1.3), # random rescale range (None: off)
                 flip:bool=True, # random horizontal flip
                 num_workers:int=0, # loader worker processes
                 device=None): # batch device (default: the GPU when there is one)
-    "DataLoaders of `(image, branch, mask)` batches for training mode `mode`."
+    "DataLoaders of `(image, branch, mask, branch)` batches for training mode `mode`."
     train = train_items(data, mode, pseudo_dir, JointAugment(size, scale, flip))
     valid_ids = _shard(data.ids(valid_split), rank_distrib(), max(num_distrib(), 1)) if valid_split else []
     valid = BranchDataset([(SegDataset(data, valid_ids), STRONG)])
-    return DataLoaders(BranchDL(train, train.branches, bs=bs, num_workers=num_workers, create_batch=pad_collate),
+    return DataLoaders(BranchDL(train, train.branches, bs=bs, strong_frac=strong_frac, steps_per_epoch=steps_per_epoch,
+                                num_workers=num_workers, create_batch=pad_collate),
                        DataLoader(valid, bs=valid_bs or bs, num_workers=num_workers, create_batch=pad_collate),
                        device=default_device() if device is None else device)
 
@@ -310,15 +339,18 @@ def segmenter_learner(dls:DataLoaders, # from `segment_dls`
                       weights=None, # local ImageNet state-dict file of the backbone
                       nh:int=1024, # hidden channels of the LargeFOV heads
                       output_stride:int=8, # backbone output stride (DeepLabV1: 8)
+                      dilation:int=12, # dilation of the heads' 3x3 convolution
+                      dropout:float=0.5, # dropout of the heads
                       freeze_bn:bool=None, # keep the backbone's batch norms fixed (default: when `weights` is given)
+                      weak_weight:float=1., # weight of the weak head's loss (`dual`)
                       wd:float=0., # weight decay of Adam
                       mixed_precision:bool=True): # bf16/fp16 autocast and channels-last on CUDA (ignored on CPU)
     "fastai `Learner` for DeepLabV1-LargeFOV in training mode `mode`."
     model = DeepLabLargeFOV(n_classes, arch, weights, n_heads=2 if mode == 'dual' else 1, nh=nh, freeze_bn=freeze_bn,
-                            output_stride=output_stride)
+                            output_stride=output_stride, dilation=dilation, dropout=dropout)
     metrics = [SegMIoU(n_classes)] if len(dls.valid) else []
-    learn = Learner(dls, model.to(dls.device), loss_func=seg_cross_entropy, opt_func=partial(Adam, wd=wd),
-                    splitter=deeplab_splitter, metrics=metrics, cbs=[BranchRouter()])
+    learn = Learner(dls, model.to(dls.device), loss_func=partial(branch_cross_entropy, weak_weight=weak_weight),
+                    opt_func=partial(Adam, wd=wd), splitter=deeplab_splitter, metrics=metrics)
     if mixed_precision and torch.cuda.is_available():
         learn.add_cbs([ChannelsLast(), MixedPrecision('bf16' if torch.cuda.is_bf16_supported() else 'fp16')])
     return learn
@@ -334,25 +366,31 @@ def train_segmenter(data, # a `SegData`
                     epochs:int=32, # epochs (paper: 32 on VOC, 10 on COCO)
                     bs:int=4, # batch size per process (paper: 4)
                     size:int=328, # training crop size (paper: 328)
-                    lr:float=1e-4, # Adam's initial learning rate (paper: 1e-4)
+                    lr:float=1e-4, # Adam's initial (`step`) or peak (`one_cycle`) learning rate (paper: 1e-4)
+                    schedule:str='step', # 'step' (the paper's decay) or 'one_cycle' (fastai's `fit_one_cycle`)
                     lr_decay:float=0.1, # factor of the step decay (paper: 0.1)
                     decay_at:float=0.75, # fraction of training after which the learning rate decays
+                    steps:int=None, # optimiser steps in all, spread over `epochs` (default: `epochs` full epochs)
                     seed:int=0, # random seed (same seed, same weights)
                     ckpt=None, # checkpoint file to write at the end (rank 0), see `load_segmenter`
                     valid_split:str=None, # split to validate on after every epoch (None: none)
                     quiet:bool=False, # plain log lines instead of progress bars
                     log:bool=True, # print the losses (and validation mIoU) of every epoch
-                    **kwargs): # to `segment_dls` and `segmenter_learner` (nh, freeze_bn, wd, num_workers, scale, ...)
+                    **kwargs): # to `segment_dls` and `segmenter_learner` (nh, dilation, strong_frac, weak_weight, ...)
     "Train DeepLabV1-LargeFOV in `mode`; returns the fastai `Learner` (its `model` predicts with the strong head)."
+    if schedule not in ('step', 'one_cycle'): raise ValueError(f"schedule must be 'step' or 'one_cycle', got {schedule!r}")
     distributed = init_distributed()
     set_seed(seed, reproducible=True)
-    dkw = {k: kwargs.pop(k) for k in ('valid_bs', 'scale', 'flip', 'num_workers', 'device') if k in kwargs}
+    dkw = {k: kwargs.pop(k) for k in ('valid_bs', 'scale', 'flip', 'num_workers', 'device', 'strong_frac') if k in kwargs}
+    if steps is not None: dkw['steps_per_epoch'] = max(1, round(steps / epochs))
     dls = segment_dls(data, mode, pseudo_dir, size=size, bs=bs, valid_split=valid_split, **dkw)
     learn = segmenter_learner(dls, data.n_classes, mode, arch, weights, **kwargs)
-    lrs = combine_scheds([decay_at, 1 - decay_at], [SchedNo(lr, lr), SchedNo(lr * lr_decay, lr * lr_decay)])
-    cbs = [ParamScheduler({'lr': lrs})] + ([DDPTrainer(find_unused=mode == 'dual')] if distributed else [])
+    cbs = [DDPTrainer()] if distributed else []
     with learn.no_bar() if quiet or rank_distrib() else nullcontext(), nullcontext() if log else learn.no_logging():
-        learn.fit(epochs, lr, cbs=cbs)
+        if schedule == 'one_cycle': learn.fit_one_cycle(epochs, lr, cbs=cbs)
+        else:
+            lrs = combine_scheds([decay_at, 1 - decay_at], [SchedNo(lr, lr), SchedNo(lr * lr_decay, lr * lr_decay)])
+            learn.fit(epochs, lr, cbs=[ParamScheduler({'lr': lrs})] + cbs)
     if ckpt is not None and rank_distrib() == 0: save_segmenter(learn.model, ckpt)
     distrib_barrier()
     return learn
