@@ -23,19 +23,19 @@ __all__ = ['run_configs', 'choose_config', 'data_identity', 'clear_run', 'remove
            'run_pipeline', 'trl_run']
 
 # %% ../nbs/08_pipeline.ipynb #c2ef14b3
-_cpu_seg = dict(arch='resnet18', output_stride=16, dilation=2, init='cam', epochs=4, steps=300, size=96, bs=16, lr=3e-3,
+_cpu_seg = dict(arch='resnet18', output_stride=8, dilation=2, init='cam', epochs=4, steps=300, size=64, bs=8, lr=3e-3,
                 schedule='one_cycle', nh=256, dropout=0.1, strong_frac=0.5, freeze_bn=False)
 run_configs = dict(
     quick=dict(synth=dict(n_classes=3, size=80, n_strong=12, n_weak=24, n_val=8),
                cam=dict(arch='resnet18', output_stride=16, epochs=2, size=80, bs=16, lr=1e-3, scales=(1.0,), flip=True, cam_bs=16),
                pretrain=dict(epochs=2, lr=2e-3, bs=16),
                refine=dict(config='small', rounds=2, epochs=2, folds=2),
-               seg=dict(_cpu_seg, epochs=2, steps=8, size=64, bs=8, nh=128),
+               seg=dict(_cpu_seg, epochs=2, steps=8, nh=128),
                baselines=('sup_only', 'full_sup', 'cam')),
-    cpu=dict(synth=dict(),
-             cam=dict(arch='resnet18', output_stride=16, epochs=8, size=96, bs=32, lr=2e-3, scales=(1.0, 1.5), flip=True, cam_bs=32),
-             pretrain=dict(epochs=8, lr=2e-3, bs=32),
-             refine=dict(config='small', rounds=2, epochs=30, strong_maps='self'),
+    cpu=dict(synth=dict(size=64, scale=(0.18, 0.32), n_clutter=2.),
+             cam=dict(arch='resnet18', output_stride=16, epochs=10, size=64, bs=32, lr=3e-3, scales=(1.0, 1.5), flip=True, cam_bs=32),
+             pretrain=dict(epochs=6, lr=2e-3, bs=32),
+             refine=dict(config='small', rounds=2, epochs=45, lr=3e-3, strong_maps='self'),
              seg=_cpu_seg,
              baselines=('sup_only', 'full_sup', 'cam')),
     paper=dict(synth=dict(),
@@ -151,8 +151,10 @@ def prepare(self:Run):
         self.data = self.out/'data'
     self.ds = validate_data(self.data, self.mask_dir)
     name = self.config or (self.record('config')['name'] if self.done('config') else choose_config(self.ds))
+    ident = data_identity(self.ds)
+    if self.done('data'): ident['root'] = '<out>/data'  # generated into the run folder: moves with it
     want = json.loads(json.dumps(dict(name=name, settings=_merge(run_configs[name], self.overrides or {}), seed=self.seed,
-                                      data=data_identity(self.ds)), default=list))
+                                      data=ident), default=list))
     if self.done('config'):
         saved = self.record('config')
         if diff := _differences(saved, want):
