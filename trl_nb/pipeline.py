@@ -392,6 +392,8 @@ def run_pipeline(out='runs/default', # output folder
                 )->dict:
     "Run CAM -> refinement rounds -> pseudo labels -> segmenters -> evaluation into `out`; returns the report."
     out = Path(out)
+    if config is not None and config not in run_configs:
+        raise DataError(f'unknown --config {config!r}: choose one of {", ".join(run_configs)}')
     if out.exists() and not out.is_dir(): raise DataError(f'--out {out} is a file, not a folder')
     if data is not None and not Path(data).is_dir(): raise DataError(f'data set folder not found: {data}')
     if fresh and out.exists():
