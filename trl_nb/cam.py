@@ -301,6 +301,13 @@ def trl_cam(data:str=None, # data set folder in the VOC layout (required)
     ds, out = validate_data(data, mask_dir), Path(out)
     set_seed(seed, reproducible=True)
     ck = Path(checkpoint) if checkpoint else out/'checkpoints'/'cam.pth'
+    settings = dict(arch=arch, weights=weights, output_stride=output_stride, epochs=epochs, lr=lr, size=size, bs=bs, seed=seed,
+                    data=str(Path(data).resolve()))
+    rec = out/'checkpoints'/'cam_settings.json'
+    if ck.exists() and not retrain and not checkpoint and rec.exists():
+        old = json.loads(rec.read_text())
+        if diff := [f'--{k} {old.get(k)} -> {v}' for k, v in settings.items() if old.get(k) != v]:
+            raise DataError(f'{ck} was trained with other settings ({", ".join(diff[:3])}); use --retrain or another --out')
     if ck.exists() and not retrain: model = load_cam_model(ck)
     elif checkpoint: raise FileNotFoundError(f'CAM checkpoint {checkpoint} does not exist')
     else:
@@ -308,6 +315,7 @@ def trl_cam(data:str=None, # data set folder in the VOC layout (required)
         train_cam(learn, epochs, lr)
         model = learn.model.eval()
         save_cam_model(model, ck)
+        with atomic_write(rec, 'w') as f: json.dump(settings, f, indent=1)
         hist = pd.DataFrame(learn.recorder.values, columns=learn.recorder.metric_names[1:-1])
         with atomic_write(out/'checkpoints'/'cam_history.csv', 'w') as f: hist.to_csv(f, index_label='epoch')
     ids = ds.ids('train_strong') + ds.ids('train_weak')
