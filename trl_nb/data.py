@@ -319,6 +319,10 @@ def validate_data(root, # data set folder (VOC layout)
         ds.check(('train_strong', 'train_weak', 'val'))
         for i in ds.ids('train_weak'):  # weak masks are never trained on, but evaluation reads those on disk
             if ds.mask_path(i).exists(): ds.eval_mask(i)
+        if empty := [i for i in ds.ids('train_weak') if not ds.labels(i)[1:].any()]:
+            import warnings
+            warnings.warn(f'{len(empty)} weak image(s) have no foreground label, so their pseudo labels will be all '
+                          f'background: {", ".join(empty[:3])}{" ..." if len(empty) > 3 else ""}')
         if decode:
             for split in ('train_strong', 'train_weak', 'val'):
                 for i in ds.ids(split): load_image(ds.image_path(i))
