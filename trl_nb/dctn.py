@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['dctn_cfgs', 'dctn_variants', 'DCTNConfig', 'block_ws', 'ValidRegion', 'twins_block', 'twins_block_forward',
            'CrossTransformerBlock', 'PointwiseConv', 'Warmup', 'ConvBlock', 'LowLevelExtractor', 'TwinsStream',
-           'LinearHead', 'FPNHead', 'DCTN', 'dctn', 'load_twins_weights', 'TwinsClassifier', 'dctn_costs',
-           'class_label_filter', 'query_attention', 'plot_query_attention']
+           'LinearHead', 'FPNHead', 'DCTN', 'dctn', 'dctn_config', 'load_twins_weights', 'TwinsClassifier',
+           'dctn_costs', 'class_label_filter', 'query_attention', 'plot_query_attention']
 
 # %% ../nbs/05_dctn.ipynb #147c2068
 import math
@@ -441,13 +441,18 @@ def dctn(variant:str='dctn1', # a key of `dctn_variants`
          **overrides): # `DCTNConfig` fields and `DCTN` arguments
     "Build one of the paper's models by name"
     if variant not in dctn_variants: raise ValueError(f'dctn: unknown variant {variant!r}, expected one of {list(dctn_variants)}')
+    names = {f.name for f in fields(DCTNConfig)}
+    kw = {**dctn_variants[variant], **{k: v for k, v in overrides.items() if k not in names}}
+    return DCTN(n_classes, heat_chans, dctn_config(size, **overrides), **kw)
+
+def dctn_config(size:str|DCTNConfig='small', # a key of `dctn_cfgs` or a config
+                **overrides): # `DCTNConfig` fields to replace (other entries are ignored)
+    "The architecture `size` with `overrides` applied"
     if isinstance(size, str):
         if size not in dctn_cfgs: raise ValueError(f'dctn: unknown size {size!r}, expected one of {list(dctn_cfgs)}')
         size = dctn_cfgs[size]
     names = {f.name for f in fields(DCTNConfig)}
-    cfg = replace(size, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if k in names})
-    kw = {**dctn_variants[variant], **{k: v for k, v in overrides.items() if k not in names}}
-    return DCTN(n_classes, heat_chans, cfg, **kw)
+    return replace(size, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if k in names})
 
 # %% ../nbs/05_dctn.ipynb #282a620b
 def _adapt_kernel(w:torch.Tensor, shape:tuple):

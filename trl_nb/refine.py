@@ -6,7 +6,6 @@
 from __future__ import annotations
 import json, shutil, time
 from contextlib import nullcontext
-from dataclasses import fields, replace
 from functools import partial
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn.functional as F
@@ -24,7 +23,7 @@ from fastprogress.fastprogress import progress_bar
 from .data import (run_cli, DataError, validate_data, VOID, SegData, atomic_write, save_mask, load_mask, save_heatmap, load_heatmap, image_tensor,
                          HeatmapReader, RefineDataset, JointAugment, pad_collate, refine_dls)
 from .metrics import ConfusionMatrix, evaluate_folder
-from .dctn import dctn, dctn_cfgs, class_label_filter, load_twins_weights, TwinsClassifier
+from .dctn import dctn, dctn_config, class_label_filter, load_twins_weights, TwinsClassifier
 from .cam import size_batches, cam_threshold_sweep
 from .data import cls_dls
 
@@ -164,9 +163,9 @@ def pretrain_image_stream(data:SegData, # the data set: every training image's l
     "Train the image stream of `cfg`'s DCTN as a multi-label classifier on the image labels; save it to `dest`."
     cfg = cfg or refine_config()
     set_seed(seed, reproducible=True)
-    arch = replace(dctn_cfgs[cfg['dctn']], **{k: v for k, v in cfg['dctn_kw'].items() if k in {f.name for f in fields(dctn_cfgs[cfg['dctn']])}})
     dls = cls_dls(data, size=cfg['crop'], bs=bs, scale=cfg['scale'], valid_split=None, num_workers=cfg['num_workers'], device=device)
-    learn = Learner(dls, TwinsClassifier(data.n_classes, arch), loss_func=torch.nn.MultiLabelSoftMarginLoss())
+    learn = Learner(dls, TwinsClassifier(data.n_classes, dctn_config(cfg['dctn'], **cfg['dctn_kw'])),
+                    loss_func=torch.nn.MultiLabelSoftMarginLoss())
     if dls.device.type == 'cuda': learn.to_bf16() if torch.cuda.is_bf16_supported() else learn.to_fp16()
     with nullcontext() if bar else learn.no_bar(), nullcontext() if bar else learn.no_logging(): learn.fit_one_cycle(epochs, lr)
     with atomic_write(dest) as f: torch.save({k: v.detach().cpu() for k, v in learn.model.stream.state_dict().items()}, f)
