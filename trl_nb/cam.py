@@ -23,7 +23,7 @@ from fastai.callback.schedule import fit_one_cycle
 import fastai.callback.channelslast  # Learner.to_channelslast
 from fastai.torch_core import params, set_seed
 from fastai.metrics import accuracy_multi
-from .data import run_cli, DataError, validate_data, VOID, SegData, cls_dls, save_heatmap, load_heatmap, atomic_write, image_tensor
+from .data import run_cli, fit_logging, interactive, DataError, validate_data, VOID, SegData, cls_dls, save_heatmap, load_heatmap, atomic_write, image_tensor
 from .metrics import ConfusionMatrix
 
 # %% ../nbs/04_cam.ipynb #6735a5d7
@@ -216,7 +216,7 @@ def extract_cams(model:CAMNet, # trained classifier
     dl = torch.utils.data.DataLoader(_Batches(data, size_batches(data, todo, bs)), batch_size=None,
                                      num_workers=num_workers, pin_memory=torch.cuda.is_available())
     dev, done = next(model.parameters()).device, []
-    for ids_b, x, labels in progress_bar(dl, display=progress, leave=False):
+    for ids_b, x, labels in progress_bar(dl, display=progress and interactive(), leave=False):
         h = cam_heatmaps(model, x.to(dev, non_blocking=True), labels, scales, flip).cpu().numpy()
         for i, hi in zip(ids_b, h): save_heatmap(hi, out_dir/f'{i}.npz')
         done += ids_b
@@ -312,12 +312,10 @@ def trl_cam(data:str=None, # data set folder in the VOC layout (required)
     elif checkpoint: raise FileNotFoundError(f'CAM checkpoint {checkpoint} does not exist')
     else:
         learn = cam_learner(ds, arch, weights, output_stride, size=size, bs=bs, num_workers=workers)
-        train_cam(learn, epochs, lr)
+        with fit_logging(learn, 'cam', out/'logs'): train_cam(learn, epochs, lr)  # history: <out>/logs/cam.csv
         model = learn.model.eval()
         save_cam_model(model, ck)
         with atomic_write(rec, 'w') as f: json.dump(settings, f, indent=1)
-        hist = pd.DataFrame(learn.recorder.values, columns=learn.recorder.metric_names[1:-1])
-        with atomic_write(out/'checkpoints'/'cam_history.csv', 'w') as f: hist.to_csv(f, index_label='epoch')
     ids = ds.ids('train_strong') + ds.ids('train_weak')
     extract_cams(model, ds, ids, out/'heatmaps'/'cam', bs=cam_bs, scales=tuple(float(s) for s in scales.split(',')),
                  flip=not no_flip, num_workers=workers)

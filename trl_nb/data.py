@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_data.ipynb #c8bcfcec
 from __future__ import annotations
-import os, json, tempfile, contextlib, xml.etree.ElementTree as ET
+import os, sys, time, json, tempfile, contextlib, xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
@@ -15,10 +15,11 @@ from fastai.data.load import DataLoader
 from fastai.torch_core import default_device
 
 # %% auto #0
-__all__ = ['VOID', 'atomic_write', 'run_cli', 'voc_palette', 'save_mask', 'load_mask', 'load_image', 'save_heatmap',
-           'load_heatmap', 'SegData', 'DataError', 'validate_data', 'image_tensor', 'decode_image', 'colorize',
-           'JointAugment', 'MaskReader', 'HeatmapReader', 'ClsDataset', 'SegDataset', 'RefineDataset', 'pad_collate',
-           'cls_dls', 'refine_dls', 'seg_dls']
+__all__ = ['VOID', 'atomic_write', 'cli_parser', 'run_cli', 'interactive', 'epoch_logger', 'fit_logging', 'EpochCheckpoint',
+           'voc_palette', 'save_mask', 'load_mask', 'load_image', 'save_heatmap', 'load_heatmap', 'SegData',
+           'DataError', 'validate_data', 'image_tensor', 'decode_image', 'colorize', 'JointAugment', 'MaskReader',
+           'HeatmapReader', 'ClsDataset', 'SegDataset', 'RefineDataset', 'pad_collate', 'cls_dls', 'refine_dls',
+           'seg_dls']
 
 # %% ../nbs/00_data.ipynb #32d4406b
 VOID = 255  # mask value of ignored pixels (object borders in VOC, padding after a crop)
@@ -41,16 +42,122 @@ def atomic_write(path, # destination file; its folder is created when missing
         raise
 
 # %% ../nbs/00_data.ipynb #c6a5acec
-def run_cli(f): # a `fastcore.script.call_parse` function
-    "Run `f` on the command line's arguments: exit status 0 when it succeeds, 2 with one line when it raises a `DataError`"
+def cli_parser(f): # a `fastcore.script.call_parse` function
+    "fastcore's parser of `f`, refusing abbreviated options and reporting argument errors in one line with exit status 2."
     from fastcore.script import anno_parser
     import sys
-    args = vars(anno_parser(f).parse_args())
+    p = anno_parser(f, prog=f.__name__)
+    p.allow_abbrev = False  # `--out` must never be read as `--output_stride`
+    for a in list(p._actions):  # `--show-config` as well as `--show_config`
+        for s in list(a.option_strings):
+            if s.startswith('--') and '_' in s and (alias := s.replace('_', '-')) not in p._option_string_actions:
+                a.option_strings.append(alias); p._option_string_actions[alias] = a
+    def error(msg):
+        print(f'{f.__name__}: error: {msg} (see {f.__name__} --help)', file=sys.stderr)
+        sys.exit(2)
+    p.error = error
+    return p
+
+def run_cli(f): # a `fastcore.script.call_parse` function
+    "Run `f` on the command line's arguments: exit status 0 when it succeeds, 2 with one line for a bad option or a `DataError`"
+    import sys
+    args = vars(cli_parser(f).parse_args())
     for k in ('pdb', 'xtra'): args.pop(k, None)
     try: f(**args)
     except DataError as e:
         print(f'{f.__name__}: error: {e}', file=sys.stderr)
         sys.exit(2)
+
+# %% ../nbs/00_data.ipynb #d0769ff1
+def interactive()->bool:
+    "Whether stdout is a terminal or a notebook, where progress bars redraw in place (in a file each redraw is a new line)."
+    from fastprogress.fastprogress import IN_NOTEBOOK
+    return bool(IN_NOTEBOOK or sys.stdout.isatty())
+
+def epoch_logger(learn, # a fastai `Learner`
+                 stage:str): # name printed at the start of each line
+    "A `Learner.logger` printing one time-stamped line per epoch with named columns, instead of fastai's bare lists."
+    def log(vals):
+        names, parts = learn.recorder.metric_names, []
+        if len(vals) != len(names): return print(f'{time.strftime("%H:%M:%S")} {stage}: {vals}', flush=True)
+        for n, v in zip(names, vals):
+            if n == 'epoch': parts.append(f'epoch {int(v) + 1}/{learn.n_epoch}')
+            elif v is None: continue
+            elif n == 'time': parts.append(f'{v}')
+            else: parts.append(f'{n} {v:.4f}' if isinstance(v, float) else f'{n} {v}')
+        print(f'{time.strftime("%H:%M:%S")} {stage}: ' + '  '.join(parts), flush=True)
+    return log
+
+@contextlib.contextmanager
+def fit_logging(learn, # a fastai `Learner`
+                stage:str, # name of the training in the log lines and of its CSV file
+                log_dir=None, # folder of the CSV history `<stage>.csv` (fastai `CSVLogger`); None: none
+                bar:bool=True, # progress bars in a terminal or notebook; False (or output to a file): one line per epoch
+                log:bool=True): # False: print nothing (the CSV history is still written)
+    "Context for `learn`'s fit: how its progress is shown and where its history is written."
+    from fastai.callback.progress import CSVLogger
+    cbs = []
+    if log_dir is not None:
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        cbs.append(CSVLogger(fname=str(Path(log_dir).resolve()/f'{stage}.csv')))
+    bar = bar and log and interactive()
+    old = learn.logger
+    with contextlib.ExitStack() as st:
+        st.enter_context(learn.added_cbs(cbs))
+        if not bar: st.enter_context(learn.no_bar())
+        if not log: st.enter_context(learn.no_logging())
+        else: learn.logger = epoch_logger(learn, stage) if not bar else old
+        try: yield learn
+        finally: learn.logger = old
+
+# %% ../nbs/00_data.ipynb #c358491b
+from fastai.callback.core import Callback, CancelEpochException
+
+class EpochCheckpoint(Callback):
+    "Save model, optimiser and random states after every `every` epochs to `path` (atomically); resume a fit from there."
+    order = 70  # after the loggers have wrapped `learn.logger`, so skipped epochs can be kept out of the logs
+    def __init__(self, path, # checkpoint file of the fit in progress (deleted by the caller once the fit is done)
+                 every:int=1): # epochs between saves
+        self.path, self.every, self.start = Path(path), every, 0
+
+    def _rng(self)->dict:
+        import random
+        return dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate(),
+                    dl=self.dls.train.rng.getstate())
+
+    def resume_epoch(self, n_epoch:int, n_iter:int)->int:
+        "First epoch still to train: 0, or one past the saved epoch when `path` holds a fit of the same length."
+        if not self.path.is_file(): return 0
+        try: ck = torch.load(self.path, map_location=next(self.learn.model.parameters()).device, weights_only=False)
+        except Exception: return 0  # unreadable: start over
+        if (ck.get('n_epoch'), ck.get('n_iter')) != (n_epoch, n_iter): return 0
+        self.ck = ck
+        return ck['epoch'] + 1
+
+    def before_fit(self):
+        self.start = self.resume_epoch(self.n_epoch, len(self.dls.train))
+        if self.start:
+            import random
+            self.learn.model.load_state_dict(self.ck['model']); self.learn.opt.load_state_dict(self.ck['opt'])
+            r = self.ck['rng']
+            torch.set_rng_state(r['torch'].cpu()); np.random.set_state(r['numpy']); random.setstate(r['python']); self.dls.train.rng.setstate(r['dl'])
+            print(f'{self.path.name}: resuming after epoch {self.start}/{self.n_epoch} from {self.path}', flush=True)
+        inner = self.learn.logger
+        self.learn.logger = lambda *a, **k: None if self.epoch < self.start else inner(*a, **k)
+        self._inner = inner
+
+    def before_epoch(self):
+        if self.epoch < self.start: raise CancelEpochException  # already trained: skipped, its batches never drawn
+
+    def after_epoch(self):
+        if self.epoch < self.start or ((self.epoch + 1) % self.every and self.epoch + 1 < self.n_epoch): return
+        if int(os.environ.get('RANK', 0)): return  # one writer in a distributed run
+        state = dict(model=self.learn.model.state_dict(), opt=self.learn.opt.state_dict(), epoch=self.epoch,
+                     n_epoch=self.n_epoch, n_iter=len(self.dls.train), rng=self._rng())
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(self.path) as f: torch.save(state, f)
+
+    def after_fit(self): self.learn.logger = self._inner
 
 # %% ../nbs/00_data.ipynb #aedc3ea6
 def voc_palette(n=256):
@@ -297,8 +404,11 @@ def check(self:SegData, splits=('train_strong', 'train_weak', 'val'), # splits t
                 else: self.eval_mask(id)
             except (FileNotFoundError, ValueError) as e: problems.append(str(e))
     if problems:
+        problems = list(dict.fromkeys(problems))  # one broken file shared by many ids (image_labels.json) is one problem
         more = f'\n... and {len(problems) - max_problems} more' if len(problems) > max_problems else ''
-        raise ValueError(f'{self.root}: {len(problems)} problem(s):\n' + '\n'.join(problems[:max_problems]) + more)
+        err = ValueError(f'{self.root}: {len(problems)} problem(s):\n' + '\n'.join(problems[:max_problems]) + more)
+        err.problems = problems
+        raise err
     return self
 
 # %% ../nbs/00_data.ipynb #46f8039f
@@ -327,9 +437,8 @@ def validate_data(root, # data set folder (VOC layout)
             for split in ('train_strong', 'train_weak', 'val'):
                 for i in ds.ids(split): load_image(ds.image_path(i))
     except (OSError, ValueError) as e:
-        lines = [l for l in str(e).splitlines() if l.strip()]
-        msg = lines[1] if len(lines) > 1 and 'problem(s)' in lines[0] else lines[0]
-        more = len(lines) - 2 if 'problem(s)' in lines[0] else 0
+        problems = getattr(e, 'problems', None) or [next(l for l in str(e).splitlines() + [repr(e)] if l.strip())]
+        msg, more = problems[0], len(problems) - 1
         raise DataError(msg + (f' (and {more} more problem(s))' if more > 0 else '')) from None
     return ds
 

@@ -8,10 +8,10 @@ import json, os, shutil, sys, time, platform
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from fastcore.basics import store_attr, patch
-from fastcore.script import call_parse
+from fastcore.script import call_parse, Param
 from contextlib import nullcontext as _null
 from fastai.torch_core import set_seed
-from .data import DataError, validate_data, SegData, atomic_write, load_image, load_heatmap, load_mask, save_mask, colorize, voc_palette
+from .data import DataError, run_cli, fit_logging, validate_data, SegData, atomic_write, load_image, load_heatmap, load_mask, save_mask, colorize, voc_palette
 from .metrics import evaluate_folder
 from .synth import synthesize
 from .cam import cam_learner, train_cam, extract_cams, save_cam_model, load_cam_model, cam_threshold_sweep, cam_to_labels
@@ -19,11 +19,11 @@ from .refine import refine, refine_config, pretrain_image_stream, evaluate_stage
 from .segment import train_segmenter, save_segmenter, load_segmenter, predict_folder, plot_segmentations, RESNET_TRUNK
 
 # %% auto #0
-__all__ = ['run_configs', 'choose_config', 'data_identity', 'clear_run', 'remove_temp_files', 'Run', 'report_markdown',
-           'run_pipeline', 'trl_run']
+__all__ = ['run_configs', 'choose_config', 'data_identity', 'parse_overrides', 'check_overrides', 'load_config', 'clear_run',
+           'remove_temp_files', 'Run', 'report_markdown', 'run_pipeline', 'show_run_config', 'trl_run', 'trl_run_main']
 
 # %% ../nbs/08_pipeline.ipynb #c2ef14b3
-_cpu_seg = dict(arch='resnet18', output_stride=8, dilation=2, init='cam', epochs=4, steps=300, size=64, bs=8, lr=3e-3,
+_cpu_seg = dict(arch='resnet18', output_stride=8, num_stages=3, dilation=2, init='cam', epochs=8, steps=640, size=64, bs=8, lr=3e-3,
                 schedule='one_cycle', nh=256, dropout=0.1, strong_frac=0.5, freeze_bn=False)
 run_configs = dict(
     quick=dict(synth=dict(n_classes=3, size=80, n_strong=12, n_weak=24, n_val=8),
@@ -74,6 +74,64 @@ def _differences(old:dict, new:dict, limit:int=3)->str:
     a, b = _leaves(old), _leaves(new)
     diff = [f'{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     return ', '.join(diff[:limit]) + (f' and {len(diff) - limit} more' if len(diff) > limit else '')
+
+# %% ../nbs/08_pipeline.ipynb #35295612
+def _known_keys()->dict:
+    "The entries each section of a run configuration accepts: the presets' entries and the parameters of the functions they feed."
+    import inspect
+    params = lambda *fs: {k for f in fs for k in inspect.signature(f).parameters if k not in ('self', 'data', 'kwargs')}
+    from trl_nb.segment import segment_dls, segmenter_learner
+    from trl_nb.synth import Synth
+    from trl_nb.refine import refine_configs
+    return dict(synth=params(synthesize, Synth.__init__) - {'out', 'overwrite', 'n_workers', 'seed'},
+                cam=set(run_configs['cpu']['cam']) | {'weights'},
+                pretrain=params(pretrain_image_stream) - {'dest', 'cfg', 'seed', 'bar', 'device', 'log_dir'},
+                refine=set(refine_configs['small']) | {'rounds', 'config'},
+                seg=(params(train_segmenter, segment_dls, segmenter_learner) | {'init'}) - {
+                    'pseudo_dir', 'mode', 'seed', 'ckpt', 'quiet', 'log', 'log_dir', 'dls', 'n_classes', 'device'},
+                baselines=None)
+
+def parse_overrides(items:list, # 'section.entry=value' strings, e.g. `['seg.epochs=1', 'refine.rounds=3']`
+                   )->dict:
+    "Nested overrides from `--set` strings; each value is read as YAML (`1` an int, `[1, 1.5]` a list, `null` None)."
+    import yaml
+    out = {}
+    for s in items or []:
+        key, eq, val = s.partition('=')
+        if not eq or not key.strip(): raise DataError(f"--set {s!r}: expected SECTION.ENTRY=VALUE, e.g. --set seg.epochs=1")
+        try: v = yaml.safe_load(val)
+        except yaml.YAMLError as e: raise DataError(f'--set {s!r}: cannot read the value {val!r} ({str(e).splitlines()[0]})') from None
+        *path, last = key.strip().split('.')
+        d = out
+        for k in path: d = d.setdefault(k, {})
+        d[last] = v
+    return out
+
+def check_overrides(overrides:dict):
+    "Refuse, in one line, overrides naming a section or an entry that no stage reads (a typo would be ignored otherwise)."
+    known = _known_keys()
+    for sec, v in (overrides or {}).items():
+        if sec not in known: raise DataError(f'unknown configuration section {sec!r}: choose one of {", ".join(known)}')
+        if known[sec] is None: continue
+        if not isinstance(v, dict): raise DataError(f'configuration section {sec!r} takes entries (e.g. --set {sec}.ENTRY=VALUE), got {v!r}')
+        if bad := sorted(set(v) - known[sec]):
+            raise DataError(f'unknown entry {sec}.{bad[0]}: {sec} takes {", ".join(sorted(known[sec]))}')
+
+def load_config(config:str=None, # a preset name (`run_configs`), a YAML/JSON file, or None
+               )->tuple: # (preset name or None, overrides)
+    "The preset and overrides that `config` names. A file holds a mapping shaped like a preset; its `base` entry names the preset it overrides (default 'cpu')."
+    import yaml
+    if config is None or config in run_configs: return config, {}
+    p = Path(config)
+    if not p.is_file():
+        raise DataError(f'--config {config!r} is neither a configuration ({", ".join(run_configs)}) nor a file')
+    try: d = yaml.safe_load(p.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e: raise DataError(f'cannot read --config {p}: {str(e).splitlines()[0]}') from None
+    if not isinstance(d, dict): raise DataError(f'--config {p}: expected a mapping of sections (synth, cam, pretrain, refine, seg, baselines)')
+    base = d.pop('base', 'cpu')
+    if base not in run_configs: raise DataError(f'--config {p}: base {base!r} is not one of {", ".join(run_configs)}')
+    check_overrides(d)
+    return base, d
 
 # %% ../nbs/08_pipeline.ipynb #23ba2b9d
 _RUN_ENTRIES = {'data', 'heatmaps', 'pseudo_labels', 'predictions', 'checkpoints', 'logs', 'progress', 'report.json',
@@ -176,7 +234,7 @@ def run_cam(self:Run):
         else:
             t = time.perf_counter()
             learn = cam_learner(self.ds, c['arch'], c.get('weights'), c['output_stride'], size=c['size'], bs=c['bs'])
-            with learn.no_bar() if self.quiet else _null(): train_cam(learn, c['epochs'], c['lr'])
+            with fit_logging(learn, 'cam', self.out/'logs', bar=not self.quiet): train_cam(learn, c['epochs'], c['lr'])
             model = learn.model.eval()
             save_cam_model(model, ck)
             secs['train'] = time.perf_counter() - t
@@ -201,7 +259,7 @@ def run_pretrain(self:Run):
     c, dest = self.cfg.get('pretrain'), self.out/'checkpoints'/'twins_image_stream.pth'
     if not c or self.cfg['refine'].get('pretrained'): return None
     def _run():
-        learn = pretrain_image_stream(self.ds, dest, self.refine_cfg(), seed=self.seed, bar=not self.quiet, **c)
+        learn = pretrain_image_stream(self.ds, dest, self.refine_cfg(), seed=self.seed, bar=not self.quiet, log_dir=self.out/'logs', **c)
         return dict(final_loss=float(learn.recorder.losses[-1]))
     self.stage('pretrain', _run)
     return dest
@@ -273,7 +331,7 @@ def run_segment(self:Run, name:str # 'trl', 'sup_only', 'naive', 'cam' or 'full_
         t = time.perf_counter()
         if ck.exists(): model = load_segmenter(ck)
         else:
-            learn = train_segmenter(self.ds, pseudo, mode=mode, seed=self.seed, ckpt=ck, quiet=self.quiet, **c)
+            learn = train_segmenter(self.ds, pseudo, mode=mode, seed=self.seed, ckpt=ck, quiet=self.quiet, log_dir=self.out/'logs', **c)
             model = learn.model
         train_s = time.perf_counter() - t
         t = time.perf_counter()
@@ -383,7 +441,7 @@ def report_markdown(rep:dict)->str:
 # %% ../nbs/08_pipeline.ipynb #59a5767c
 def run_pipeline(out='runs/default', # output folder
                  data=None, # data set folder (VOC layout); None: generate the embedded data set into <out>/data
-                 config:str=None, # 'quick', 'cpu' or 'paper'; None: chosen from the data size and device
+                 config:str=None, # 'quick', 'cpu', 'paper' or a YAML file (see `load_config`); None: chosen from the data size and device
                  seed:int=0, # random seed
                  fresh:bool=False, # delete <out> first instead of resuming
                  overrides:dict=None, # nested configuration entries to replace, e.g. dict(seg=dict(epochs=4))
@@ -392,8 +450,9 @@ def run_pipeline(out='runs/default', # output folder
                 )->dict:
     "Run CAM -> refinement rounds -> pseudo labels -> segmenters -> evaluation into `out`; returns the report."
     out = Path(out)
-    if config is not None and config not in run_configs:
-        raise DataError(f'unknown --config {config!r}: choose one of {", ".join(run_configs)}')
+    config, file_overrides = load_config(config)
+    overrides = _merge(file_overrides, overrides or {})
+    check_overrides(overrides)
     if out.exists() and not out.is_dir(): raise DataError(f'--out {out} is a file, not a folder')
     if data is not None and not Path(data).is_dir(): raise DataError(f'data set folder not found: {data}')
     if fresh and out.exists():
@@ -408,11 +467,28 @@ def run_pipeline(out='runs/default', # output folder
     for name in names: res[f'seg_{name}'] = run.run_segment(name)
     return run.report(res)
 
+# %% ../nbs/08_pipeline.ipynb #6c559a2f
+def show_run_config(config:str=None, # as `run_pipeline`'s
+                    overrides:dict=None, # as `run_pipeline`'s
+                    data=None, # the data set folder (only read to choose the configuration when `config` is None)
+                    mask_dir:str='SegmentationClass', # mask folder of `data`
+                   )->str:
+    "The effective configuration of a run, as YAML that `--config` reads back; nothing is run or written."
+    import yaml
+    name, over = load_config(config)
+    over = _merge(over, overrides or {})
+    check_overrides(over)
+    if name is None: name = choose_config(validate_data(data, mask_dir)) if data is not None else 'cpu'
+    cfg = json.loads(json.dumps(dict(base=name, **_merge(run_configs[name], over)), default=list))
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False)
+
 # %% ../nbs/08_pipeline.ipynb #2ebe71db
 @call_parse
 def trl_run(data:str=None, # data set folder in the VOC layout (default: generate the embedded data set into <out>/data)
             out:str='runs/default', # output folder; running again into it resumes
-            config:str=None, # 'cpu', 'paper' or 'quick' (default: chosen from the data size and the device)
+            config:str=None, # 'cpu', 'paper', 'quick', or a YAML file of settings over one of them (default: chosen from the data size and the device)
+            set:Param('change one setting, SECTION.ENTRY=VALUE, e.g. --set seg.epochs=1 (repeatable)', str, action='append')=None,
+            show_config:bool=False, # print the effective configuration (YAML) and stop
             quick:bool=False, # the 'quick' configuration: a run of about a minute on small generated data
             fresh:bool=False, # delete <out> and start over instead of resuming
             seed:int=0, # random seed
@@ -420,13 +496,17 @@ def trl_run(data:str=None, # data set folder in the VOC layout (default: generat
             quiet:bool=False, # plain log lines instead of progress bars
            ):
     "Run the whole TRL pipeline and write <out>/report.json, report.md, pseudo_labels/, predictions/ and figures/."
-    if quick and config not in (None, 'quick'): sys.exit(f'trl_run: error: --quick and --config {config} contradict each other')
+    if quick and config not in (None, 'quick'): raise DataError(f'--quick and --config {config} contradict each other')
+    config, overrides = 'quick' if quick else config, parse_overrides(set)
+    if show_config: return print(show_run_config(config, overrides, data, mask_dir), end='')
     t = time.perf_counter()
-    try: rep = run_pipeline(out, data, 'quick' if quick else config, seed, fresh, mask_dir=mask_dir, quiet=quiet)
-    except DataError as e:
-        print(f'trl_run: error: {e}', file=sys.stderr)
-        sys.exit(2)
+    rep = run_pipeline(out, data, config, seed, fresh, overrides, mask_dir=mask_dir, quiet=quiet)
     out = Path(out)
     print(f"pseudo labels: mIoU {rep['pseudo_label_miou']}" if rep['pseudo_label_miou'] else 'pseudo labels written')
     print(f"segmentation (val): mIoU {rep['segmentation_miou']}")
     print(f'finished in {time.perf_counter() - t:.0f} s; report: {out/"report.json"} and {out/"report.md"}')
+
+# %% ../nbs/08_pipeline.ipynb #bed2e073
+def trl_run_main():
+    "Console entry point of `trl_run` (see `run_cli`): one line and exit status 2 for bad options or data."
+    run_cli(trl_run)

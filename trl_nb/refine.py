@@ -20,7 +20,7 @@ from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 from fastai.torch_core import set_seed, default_device
 from fastprogress.fastprogress import progress_bar
-from .data import (run_cli, DataError, validate_data, VOID, SegData, atomic_write, save_mask, load_mask, save_heatmap, load_heatmap, image_tensor,
+from .data import (run_cli, fit_logging, EpochCheckpoint, interactive, DataError, validate_data, VOID, SegData, atomic_write, save_mask, load_mask, save_heatmap, load_heatmap, image_tensor,
                          HeatmapReader, RefineDataset, JointAugment, pad_collate, refine_dls)
 from .metrics import ConfusionMatrix, evaluate_folder
 from .dctn import dctn, dctn_config, class_label_filter, load_twins_weights, TwinsClassifier
@@ -35,9 +35,9 @@ __all__ = ['refine_configs', 'stage_names', 'refine_config', 'round_variant', 's
 # %% ../nbs/06_refine.ipynb #85b07c61
 refine_configs = dict(
     small=dict(dctn='small', dctn_kw=dict(wss=(4, 4, 4, 4), patch_sizes=(4, 2, 1, 1)), crop=64, bs=8, epochs=30, lr=1e-3, schedule='one_cycle', decay_at=0.7, decay=0.1,
-               wd=0., scale=(0.7, 1.3), strong_maps='oof', folds=2, infer_bs=32, num_workers=0, pretrained=None),
+               wd=0., scale=(0.7, 1.3), strong_maps='oof', folds=2, infer_bs=32, num_workers=0, pretrained=None, save_every=1),
     paper=dict(dctn='svt_s', dctn_kw={}, crop=320, bs=8, epochs=150, lr=1e-4, schedule='step', decay_at=0.7, decay=0.1, wd=0.,
-               scale=(0.7, 1.3), strong_maps='self', folds=2, infer_bs=16, num_workers=4, pretrained=None))
+               scale=(0.7, 1.3), strong_maps='self', folds=2, infer_bs=16, num_workers=4, pretrained=None, save_every=5))
 
 def refine_config(name:str='small', # a key of `refine_configs`
                   **kwargs): # overrides of its entries
@@ -133,8 +133,9 @@ def train_round(data:SegData, # the data set
                 ids:list=None, # strong ids to train on (default: all of train_strong)
                 seed:int=0, # random seed (weights, batches, augmentation)
                 ckpt=None, # checkpoint path: saved after training, loaded instead of training when it exists
-                bar:bool=True, # show progress bars
+                bar:bool=True, # progress bars in a terminal or notebook (else, and when False, one line per epoch)
                 device=None, # training device (default: the GPU when there is one)
+                log_dir=None, # folder of the CSV history `<ckpt name>.csv` (None: none)
                )->Learner:
     "Train one refinement network DCTN_k on the strong images (Eq. 1), or load it from `ckpt`."
     cfg = cfg or refine_config()
@@ -143,10 +144,14 @@ def train_round(data:SegData, # the data set
     if ckpt is not None and Path(ckpt).exists():
         learn.model.load_state_dict(load_refiner(ckpt).state_dict())
         return learn
-    with nullcontext() if bar else learn.no_bar(), nullcontext() if bar else learn.no_logging():
-        if cfg['schedule'] == 'one_cycle': learn.fit_one_cycle(cfg['epochs'], cfg['lr'])
-        else: learn.fit(cfg['epochs'], cfg['lr'], cbs=ParamScheduler({'lr': step_schedule(cfg['lr'], cfg['decay_at'], cfg['decay'])}))
-    if ckpt is not None: save_refiner(learn.model, ckpt, variant, cfg)
+    part = None if ckpt is None else Path(f'{ckpt}.partial')  # mid-fit state: a killed fit resumes after its last epoch
+    cbs = [] if part is None else [EpochCheckpoint(part, cfg['save_every'])]
+    with fit_logging(learn, Path(ckpt).stem if ckpt else variant, log_dir, bar):
+        if cfg['schedule'] == 'one_cycle': learn.fit_one_cycle(cfg['epochs'], cfg['lr'], cbs=cbs)
+        else: learn.fit(cfg['epochs'], cfg['lr'], cbs=cbs + [ParamScheduler({'lr': step_schedule(cfg['lr'], cfg['decay_at'], cfg['decay'])})])
+    if ckpt is not None:
+        save_refiner(learn.model, ckpt, variant, cfg)
+        part.unlink(missing_ok=True)
     return learn
 
 # %% ../nbs/06_refine.ipynb #0102721c
@@ -157,8 +162,9 @@ def pretrain_image_stream(data:SegData, # the data set: every training image's l
                           lr:float=2e-3, # peak learning rate (one-cycle schedule)
                           bs:int=32, # batch size
                           seed:int=0, # random seed
-                          bar:bool=True, # show progress bars
+                          bar:bool=True, # progress bars in a terminal or notebook (else, and when False, one line per epoch)
                           device=None, # training device (default: the GPU when there is one)
+                          log_dir=None, # folder of the CSV history `pretrain.csv` (None: none)
                          )->Learner:
     "Train the image stream of `cfg`'s DCTN as a multi-label classifier on the image labels; save it to `dest`."
     cfg = cfg or refine_config()
@@ -167,14 +173,14 @@ def pretrain_image_stream(data:SegData, # the data set: every training image's l
     learn = Learner(dls, TwinsClassifier(data.n_classes, dctn_config(cfg['dctn'], **cfg['dctn_kw'])),
                     loss_func=torch.nn.MultiLabelSoftMarginLoss())
     if dls.device.type == 'cuda': learn.to_bf16() if torch.cuda.is_bf16_supported() else learn.to_fp16()
-    with nullcontext() if bar else learn.no_bar(), nullcontext() if bar else learn.no_logging(): learn.fit_one_cycle(epochs, lr)
+    with fit_logging(learn, 'pretrain', log_dir, bar): learn.fit_one_cycle(epochs, lr)
     with atomic_write(dest) as f: torch.save({k: v.detach().cpu() for k, v in learn.model.stream.state_dict().items()}, f)
     return learn
 
 # %% ../nbs/06_refine.ipynb #829edc5a
 def _progress(it, show:bool, total=None):
     "`it` under a progress bar when `show` (a hidden console bar still prints, so none is made)."
-    return progress_bar(it, total=total, leave=False) if show else it
+    return progress_bar(it, total=total, leave=False) if show and interactive() else it
 
 class _InferBatches(torch.utils.data.Dataset):
     "Batches (ids, images, heat maps) for inference: one item per batch, so loading can run in workers."
@@ -270,12 +276,20 @@ class Refinement:
     @property
     def pseudo_dir(self): return self.out/'pseudo_labels'
 
+    def where(self, path)->str:
+        "`path` as recorded: `<out>/...` inside the output folder (so a moved folder still matches), else absolute."
+        if path is None: return None
+        p, out = Path(path).resolve(), self.out.resolve()
+        return '<out>/' + p.relative_to(out).as_posix() if p.is_relative_to(out) else str(p)
+
     @property
     def settings(self):
         "What must not change between a run and its resumption."
-        skip = ('infer_bs', 'num_workers')
-        return dict(config=json.loads(json.dumps({k: v for k, v in self.cfg.items() if k not in skip})),
-                    seed=self.seed, heatmaps='<callable>' if callable(self.heatmaps) else str(self.heatmaps))
+        skip = ('infer_bs', 'num_workers', 'save_every')
+        cfg = {k: v for k, v in self.cfg.items() if k not in skip}
+        if cfg.get('pretrained'): cfg['pretrained'] = self.where(cfg['pretrained'])
+        return dict(config=json.loads(json.dumps(cfg)), seed=self.seed,
+                    heatmaps='<callable>' if callable(self.heatmaps) else self.where(self.heatmaps))
 
     def __repr__(self): return f'Refinement({self.data.root}, out={self.out}, config={self.cfg["name"]!r})'
 
@@ -320,7 +334,8 @@ def train(self:Refinement, k:int, # round
          )->Learner:
     "Train (or load) a network of round `k` on the strong images' maps of round k-1."
     return train_round(self.data, self.heat_dir(k - 1), variant or round_variant(k), self.cfg, ids,
-                       self.seed + k if seed is None else seed, self.ckpt(name or f'dctn{k}'), self.bar, self.device)
+                       self.seed + k if seed is None else seed, self.ckpt(name or f'dctn{k}'), self.bar, self.device,
+                       log_dir=self.out/'logs')
 
 @patch
 def _write(self:Refinement, model, ids, k, raw_dest=None):

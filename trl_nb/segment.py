@@ -23,7 +23,7 @@ from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.schedule import ParamScheduler, SchedNo, combine_scheds
 from fastai.learner import Learner, Metric
 from fastai.optimizer import Adam
-from .data import VOID, save_mask, load_mask, atomic_write, image_tensor, colorize, JointAugment, SegDataset, pad_collate
+from .data import VOID, fit_logging, EpochCheckpoint, save_mask, load_mask, atomic_write, image_tensor, colorize, JointAugment, SegDataset, pad_collate
 from .metrics import ConfusionMatrix
 from .cam import dilate_resnet
 
@@ -60,13 +60,16 @@ RESNET_TRUNK = ('conv1', 'bn1', 'relu', 'maxpool', 'layer1', 'layer2', 'layer3',
 
 def resnet_backbone(arch:str='resnet101', # name of a torchvision ResNet
                     weights=None, # local ImageNet state-dict file (None: random initialisation)
-                    output_stride:int=8): # 8 as DeepLabV1; 16 halves the cost of small CPU runs
+                    output_stride:int=8, # 8 as DeepLabV1; 16 halves the cost of small CPU runs
+                    num_stages:int=4): # residual stages kept (4: all; 3 drops `layer4`, the small CPU runs' trunk)
     "Dilated (output stride 8 by default) torchvision ResNet `arch` without pooling and classifier, and its output channels."
     if arch not in RESNETS: raise ValueError(f'unknown backbone {arch!r}: choose one of {", ".join(RESNETS)}')
+    if num_stages not in (2, 3, 4): raise ValueError(f'num_stages must be 2, 3 or 4, got {num_stages}')
     net = torchvision.models.get_model(arch, weights=None)
     if weights is not None: load_imagenet_weights(net, weights)
     dilate_resnet(net, output_stride=output_stride)
-    return nn.Sequential(OrderedDict((n, getattr(net, n)) for n in RESNET_TRUNK)), net.fc.in_features
+    trunk = RESNET_TRUNK[:len(RESNET_TRUNK) - 4 + num_stages]
+    return nn.Sequential(OrderedDict((n, getattr(net, n)) for n in trunk)), net.fc.in_features // 2**(4 - num_stages)
 
 # %% ../nbs/07_segment.ipynb #1bf79110
 class LargeFOVHead(nn.Sequential):
@@ -95,14 +98,15 @@ class DeepLabLargeFOV(nn.Module):
                  nh:int=1024, # hidden channels of the heads
                  freeze_bn:bool=None, # keep the backbone's batch norms fixed (default: when `weights` is given)
                  output_stride:int=8, # backbone output stride (DeepLabV1: 8)
+                 num_stages:int=4, # residual stages of the backbone (4: the whole ResNet)
                  dilation:int=12, # dilation of the heads' 3x3 convolution (DeepLabV1: 12 on a 41x41 map)
                  dropout:float=0.5): # dropout of the heads (DeepLabV1: 0.5)
         super().__init__()
         if n_heads not in (1, 2): raise ValueError(f'n_heads must be 1 or 2, got {n_heads}')
-        self.config = dict(n_classes=n_classes, arch=arch, n_heads=n_heads, nh=nh, output_stride=output_stride,
+        self.config = dict(n_classes=n_classes, arch=arch, n_heads=n_heads, nh=nh, output_stride=output_stride, num_stages=num_stages,
                            dilation=dilation, dropout=dropout)
         self.freeze_bn = weights is not None if freeze_bn is None else freeze_bn
-        self.backbone, ni = resnet_backbone(arch, weights, output_stride)
+        self.backbone, ni = resnet_backbone(arch, weights, output_stride, num_stages)
         self.heads = nn.ModuleList(LargeFOVHead(ni, n_classes, nh, dilation, dropout) for _ in range(n_heads))
         if self.freeze_bn:
             for m in self.backbone.modules():
@@ -339,6 +343,7 @@ def segmenter_learner(dls:DataLoaders, # from `segment_dls`
                       weights=None, # local ImageNet state-dict file of the backbone
                       nh:int=1024, # hidden channels of the LargeFOV heads
                       output_stride:int=8, # backbone output stride (DeepLabV1: 8)
+                      num_stages:int=4, # residual stages of the backbone (3: without `layer4`)
                       dilation:int=12, # dilation of the heads' 3x3 convolution
                       dropout:float=0.5, # dropout of the heads
                       freeze_bn:bool=None, # keep the backbone's batch norms fixed (default: when `weights` is given)
@@ -347,7 +352,7 @@ def segmenter_learner(dls:DataLoaders, # from `segment_dls`
                       mixed_precision:bool=True): # bf16/fp16 autocast and channels-last on CUDA (ignored on CPU)
     "fastai `Learner` for DeepLabV1-LargeFOV in training mode `mode`."
     model = DeepLabLargeFOV(n_classes, arch, weights, n_heads=2 if mode == 'dual' else 1, nh=nh, freeze_bn=freeze_bn,
-                            output_stride=output_stride, dilation=dilation, dropout=dropout)
+                            output_stride=output_stride, num_stages=num_stages, dilation=dilation, dropout=dropout)
     metrics = [SegMIoU(n_classes)] if len(dls.valid) else []
     learn = Learner(dls, model.to(dls.device), loss_func=partial(branch_cross_entropy, weak_weight=weak_weight),
                     opt_func=partial(Adam, wd=wd), splitter=deeplab_splitter, metrics=metrics)
@@ -372,10 +377,12 @@ def train_segmenter(data, # a `SegData`
                     decay_at:float=0.75, # fraction of training after which the learning rate decays
                     steps:int=None, # optimiser steps in all, spread over `epochs` (default: `epochs` full epochs)
                     seed:int=0, # random seed (same seed, same weights)
-                    ckpt=None, # checkpoint file to write at the end (rank 0), see `load_segmenter`
+                    ckpt=None, # checkpoint file to write at the end (rank 0), see `load_segmenter`; `<ckpt>.partial` holds the fit in progress
+                    save_every:int=1, # epochs between saves of the fit in progress (with `ckpt`)
                     valid_split:str=None, # split to validate on after every epoch (None: none)
                     quiet:bool=False, # plain log lines instead of progress bars
                     log:bool=True, # print the losses (and validation mIoU) of every epoch
+                    log_dir=None, # folder of the CSV history `<ckpt name>.csv` (rank 0; None: none)
                     **kwargs): # to `segment_dls` and `segmenter_learner` (nh, dilation, strong_frac, weak_weight, ...)
     "Train DeepLabV1-LargeFOV in `mode`; returns the fastai `Learner` (its `model` predicts with the strong head)."
     if schedule not in ('step', 'one_cycle'): raise ValueError(f"schedule must be 'step' or 'one_cycle', got {schedule!r}")
@@ -386,12 +393,17 @@ def train_segmenter(data, # a `SegData`
     dls = segment_dls(data, mode, pseudo_dir, size=size, bs=bs, valid_split=valid_split, **dkw)
     learn = segmenter_learner(dls, data.n_classes, mode, arch, weights, **kwargs)
     cbs = [DDPTrainer()] if distributed else []
-    with learn.no_bar() if quiet or rank_distrib() else nullcontext(), nullcontext() if log else learn.no_logging():
+    part = None if ckpt is None else Path(f'{ckpt}.partial')  # mid-fit state: a killed fit resumes after its last epoch
+    if part is not None: cbs.append(EpochCheckpoint(part, save_every))
+    with fit_logging(learn, Path(ckpt).stem if ckpt else f'seg_{mode}', log_dir if rank_distrib() == 0 else None,
+                     bar=not quiet, log=log and rank_distrib() == 0):
         if schedule == 'one_cycle': learn.fit_one_cycle(epochs, lr, cbs=cbs)
         else:
             lrs = combine_scheds([decay_at, 1 - decay_at], [SchedNo(lr, lr), SchedNo(lr * lr_decay, lr * lr_decay)])
             learn.fit(epochs, lr, cbs=[ParamScheduler({'lr': lrs})] + cbs)
-    if ckpt is not None and rank_distrib() == 0: save_segmenter(learn.model, ckpt)
+    if ckpt is not None and rank_distrib() == 0:
+        save_segmenter(learn.model, ckpt)
+        part.unlink(missing_ok=True)
     distrib_barrier()
     return learn
 

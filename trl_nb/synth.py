@@ -11,11 +11,11 @@ from PIL import Image
 from fastcore.basics import store_attr, patch
 from fastcore.parallel import parallel
 from fastcore.script import call_parse
-from .data import VOID, atomic_write, save_mask, load_mask
+from .data import VOID, DataError, run_cli, atomic_write, save_mask, load_mask
 
 # %% auto #0
 __all__ = ['SHAPES', 'CLUTTER', 'SPLITS', 'shape_mask', 'random_colour', 'smooth_field', 'texture', 'Synth', 'mask_labels',
-           'image_rng', 'split_ids', 'synthesize', 'trl_synth']
+           'image_rng', 'split_ids', 'synthesize', 'trl_synth', 'trl_synth_main']
 
 # %% ../nbs/01_synth.ipynb #4f1a7dcd
 def _triangle(u, v):
@@ -290,10 +290,20 @@ def trl_synth(out:str=None, # output folder (required)
               overwrite:bool=False, # allow writing over a data set made with other settings
              ):
     "Write the embedded data set (VOC layout) to `out`."
-    if out is None: raise ValueError('trl_synth: --out DIR is required')
+    if out is None: raise DataError('--out DIR is required')
+    if Path(out).exists() and not Path(out).is_dir(): raise DataError(f'--out {out} is a file, not a folder')
     t = time.time()
-    synthesize(out, seed=seed, n_classes=n_classes, size=size, n_strong=n_strong, n_weak=n_weak, n_val=n_val,
-               cooccur=cooccur, n_clutter=n_clutter, colour_bias=colour_bias, background_contrast=background_contrast,
-               shape_jitter=shape_jitter, void_width=void_width,
-               n_workers=workers, overwrite=overwrite)
+    try:
+        synthesize(out, seed=seed, n_classes=n_classes, size=size, n_strong=n_strong, n_weak=n_weak, n_val=n_val,
+                   cooccur=cooccur, n_clutter=n_clutter, colour_bias=colour_bias, background_contrast=background_contrast,
+                   shape_jitter=shape_jitter, void_width=void_width,
+                   n_workers=workers, overwrite=overwrite)
+    except FileExistsError as e:  # the message names the settings that differ; point at flags, not arguments
+        raise DataError(str(e).replace('use another folder or overwrite=True', 'use another --out, or --overwrite')) from None
+    except ValueError as e: raise DataError(f'{e} (see trl_synth --help)') from None
     print(f'wrote {n_strong} strong, {n_weak} weak, {n_val} val images of {n_classes} classes to {out} in {time.time() - t:.1f}s')
+
+# %% ../nbs/01_synth.ipynb #cec07e3c
+def trl_synth_main():
+    "Console entry point of `trl_synth`: one line and exit status 2 for bad options or a folder holding other settings."
+    run_cli(trl_synth)
