@@ -24,7 +24,7 @@ __all__ = ['run_configs', 'choose_config', 'data_identity', 'parse_overrides', '
 
 # %% ../nbs/08_pipeline.ipynb #c2ef14b3
 _cpu_seg = dict(arch='resnet18', output_stride=8, num_stages=3, dilation=2, init='cam', epochs=8, steps=640, size=64, bs=8, lr=3e-3,
-                schedule='one_cycle', nh=256, dropout=0.1, strong_frac=0.5, freeze_bn=False)
+                schedule='one_cycle', nh=256, dropout=0.1, strong_frac=0.75, freeze_bn=False)
 run_configs = dict(
     quick=dict(synth=dict(n_classes=3, size=80, n_strong=12, n_weak=24, n_val=8),
                cam=dict(arch='resnet18', output_stride=16, epochs=2, size=80, bs=16, lr=1e-3, scales=(1.0,), flip=True, cam_bs=16),
