@@ -227,3 +227,19 @@ def test_search_finds_dctn(browser, server):
         v.page.locator('#dctn').scroll_into_view_if_needed()
         v.page.screenshot(path=str(SHOTS/'dctn.png'))  # the class's show_doc: signature, docstring, parameter table
     finally: v.close()
+
+
+def test_math_is_rendered(browser, server):
+    "Every page with formulas shows them drawn (MathML, no script, no network): no raw `\\(` or `\\[` in the visible text."
+    problems, with_math = [], 0
+    for _, url in _sidebar(browser, server):
+        v = _Visit(browser, url)
+        try:
+            n = v.page.locator('math').count()
+            text = v.page.inner_text('body')
+        finally: v.close()
+        with_math += n > 0
+        raw = re.findall(r'\\[(\[].{0,40}', text)
+        if raw: problems.append(f'{url}: raw TeX on the page: {raw[:2]}')
+    assert with_math, 'no page shows a formula (the DCTN page has Eq. 3-7)'
+    assert not problems, '\n'.join(problems)

@@ -57,3 +57,28 @@ def test_fresh_keeps_what_runs_did_not_make(reference, tmp_path):
     r = trl_run('--fresh', '--data', run/'data', '--out', run)
     assert r.returncode == 2 and 'would delete the data set' in r.stderr, r.stderr
     assert (run/'data'/'classes.txt').exists()
+
+LONGER_SEG = ('--set', 'seg.epochs=6', '--set', 'seg.steps=48')  # segmenter fits long enough to be killed in
+
+def test_resume_mid_fit(tmp_path):
+    "Killed while a segmenter trains, a rerun resumes after its last finished epoch and ends with the same outputs."
+    ref = tmp_path/'ref'
+    r = subprocess.run([str(BIN/'trl_run'), '--quick', '--out', str(ref), *LONGER_SEG], capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0, r.stderr[-2000:]
+    log = r.stdout + r.stderr  # what `trl_run --quick > log 2>&1` writes: no progress bars, one line per epoch
+    assert len(log.encode()) < 20_000, len(log.encode())
+    assert '\r' not in log and 'seg_trl: epoch 6/6' in log, log[-2000:]
+    out = tmp_path/'run'
+    p = subprocess.Popen([str(BIN/'trl_run'), '--quick', '--quiet', '--out', str(out), *LONGER_SEG],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    partial, t = out/'checkpoints'/'seg_trl.pth.partial', time.time()
+    while not partial.exists() and p.poll() is None and time.time() - t < 600: time.sleep(0.02)
+    p.send_signal(signal.SIGKILL); p.wait()
+    assert partial.exists(), 'the run ended before the segmenter saved an epoch'
+    r = trl_run('--out', out, *LONGER_SEG)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'seg_trl.pth.partial: resuming after epoch' in r.stdout, r.stdout[-2000:]
+    a, b = outputs(ref), outputs(out)
+    assert sorted(a) == sorted(b)
+    assert [k for k in a if a[k] != b[k]] == []
+    assert not partial.exists()

@@ -8,7 +8,7 @@ hidden cells removed), and `smalldocs` renders `_proc/` into a website from the 
 
 Usage: python tools/build_docs.py [--out DIR] [--engine auto|quarto|smalldocs] [--force] [--check]
 """
-import argparse, os, shutil, subprocess, sys, time
+import argparse, html, os, re, shutil, subprocess, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -240,6 +240,31 @@ def render_smalldocs(proc_dir, out, check=False):
     return problems
 
 
+MATH = re.compile(r'<span class="math (inline|display)">\\[(\[](.*?)\\[)\]]</span>', re.S)
+MATH_SCRIPTS = re.compile(r'<(?:link|script)\b[^>]*(?:katex|mathjax)[^>]*>(?:\s*</script>)?', re.I)
+
+
+def offline_math(site):
+    """Write the TeX of every page as MathML (latex2mathml, at build time), which browsers draw natively: no script and no
+    network, where the renderers load KaTeX or MathJax from a CDN (an offline reader saw raw `\\(...\\)`)."""
+    from latex2mathml.converter import convert
+    n = 0
+    for f in sorted(Path(site).rglob('*.html')):
+        s = f.read_text(encoding='utf-8')
+        if 'class="math' not in s: continue
+        def sub(m):
+            nonlocal n
+            tex = html.unescape(m.group(2))
+            try: ml = convert(tex, display='block' if m.group(1) == 'display' else 'inline')
+            except Exception as e:
+                _say(f'warning: {f.name}: cannot write {tex!r} as MathML ({type(e).__name__}: {e})'); return m.group(0)
+            n += 1
+            return f'<span class="math {m.group(1)}">{ml}</span>'
+        f.write_text(MATH_SCRIPTS.sub('', MATH.sub(sub, s)), encoding='utf-8')
+    _say(f'{n} formula(s) written as MathML')
+    return n
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--out', help='output folder (default: doc_path of settings.ini, `_docs`)')
@@ -276,6 +301,7 @@ def main(argv=None):
     else:
         cache = proc(nbs, force=args.force, n_workers=args.workers)
         render_smalldocs(cache, out, check=args.check)
+    offline_math(out)
     _say(f'{engine}: {out}/index.html in {time.time()-start:.1f}s')
     return out
 

@@ -216,7 +216,7 @@ def extract_cams(model:CAMNet, # trained classifier
     dl = torch.utils.data.DataLoader(_Batches(data, size_batches(data, todo, bs)), batch_size=None,
                                      num_workers=num_workers, pin_memory=torch.cuda.is_available())
     dev, done = next(model.parameters()).device, []
-    for ids_b, x, labels in progress_bar(dl, display=progress and interactive(), leave=False):
+    for ids_b, x, labels in progress_bar(dl, leave=False) if progress and interactive() else dl:  # a hidden console bar still prints
         h = cam_heatmaps(model, x.to(dev, non_blocking=True), labels, scales, flip).cpu().numpy()
         for i, hi in zip(ids_b, h): save_heatmap(hi, out_dir/f'{i}.npz')
         done += ids_b

@@ -367,6 +367,25 @@ def plot_rounds(self:Run, ids:list=None, # weak images to show (default: the fir
     return fig
 
 @patch
+def plot_losses(self:Run):
+    "The loss curves of every training of the run, one panel each, from the CSV histories in `<out>/logs/`."
+    import matplotlib.pyplot as plt
+    order = ['cam', 'pretrain', 'dctn1', 'dctn2', 'seg_trl', 'seg_sup_only', 'seg_full_sup', 'seg_cam', 'seg_naive']
+    logs = sorted((self.out/'logs').glob('*.csv'), key=lambda p: (order.index(p.stem) if p.stem in order else len(order), p.stem))
+    n = max(len(logs), 1)
+    fig, axs = plt.subplots((n + 3)//4, min(n, 4), figsize=(3.2*min(n, 4), 2.4*((n + 3)//4)), squeeze=False)
+    for ax, f in zip(axs.flat, logs):
+        h = pd.read_csv(f)
+        for col in ('train_loss', 'valid_loss'):  # fastai writes 'None' for a training without validation
+            v = pd.to_numeric(h[col], errors='coerce') if col in h else None
+            if v is not None and v.notna().any(): ax.plot(h['epoch'] + 1, v, marker='.', label=col.replace('_', ' '))
+        ax.set_title(f.stem, fontsize=9); ax.set_xlabel('epoch', fontsize=8); ax.tick_params(labelsize=7)
+    for ax in list(axs.flat)[len(logs):]: ax.axis('off')
+    if logs: axs.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+@patch
 def plot_miou(self:Run, report:dict):
     "Bar chart of the mIoU of every pseudo-label stage and every segmenter of `report`."
     import matplotlib.pyplot as plt
@@ -389,7 +408,7 @@ def _save_fig(fig, path):
 
 @patch
 def write_figures(self:Run, report:dict):
-    "Fig. 1-, Fig. 5-like figures and the mIoU bar chart in <out>/figures/."
+    "Fig. 1-, Fig. 5-like figures, the mIoU bar chart and the loss curves in <out>/figures/."
     figs = self.out/'figures'
     _save_fig(self.plot_rounds(), figs/'fig1_refinement_rounds.png')
     val = self.ds.ids('val')[:4]
@@ -397,6 +416,7 @@ def write_figures(self:Run, report:dict):
     cols = {**{n.replace('_', ' '): d for n, d in cols.items()}, 'TRL': self.pred_dir('trl')}
     _save_fig(plot_segmentations(self.ds, val, cols), figs/'fig5_segmentations.png')
     _save_fig(self.plot_miou(report), figs/'miou_per_stage.png')
+    if any((self.out/'logs').glob('*.csv')): _save_fig(self.plot_losses(), figs/'loss_curves.png')
     return sorted(str(p.relative_to(self.out)) for p in figs.glob('*.png'))
 
 # %% ../nbs/08_pipeline.ipynb #57038204

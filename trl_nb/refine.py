@@ -312,8 +312,8 @@ def check_settings(self:Refinement):
         if 'config' in diff:
             o, n = old.get('config', {}), s['config']
             diff['config'] = {k: (o.get(k), n.get(k)) for k in set(o) | set(n) if o.get(k) != n.get(k)}
-        raise ValueError(f'{self.out} holds a refinement made with other settings (old, new): {diff}; '
-                         'use another output folder or start over (`clear()`, --fresh)')
+        raise DataError(f'{self.out} holds a refinement made with other settings (old, new): {diff}; '
+                        'use another --out, or --fresh to start over')
 
 @patch
 def clear(self:Refinement):

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from fastcore.basics import store_attr, noop
-from fastai.torch_core import set_seed, rank_distrib, num_distrib, distrib_barrier, default_device
+from fastai.torch_core import set_seed, rank_distrib, num_distrib, distrib_barrier, default_device, trainable_params
 from fastai.data.load import DataLoader
 from fastai.data.core import DataLoaders
 from fastai.callback.core import Callback
@@ -28,10 +28,11 @@ from .metrics import ConfusionMatrix
 from .cam import dilate_resnet
 
 # %% auto #0
-__all__ = ['RESNETS', 'RESNET_TRUNK', 'STRONG', 'WEAK', 'MODES', 'PAPER_SEGMENTER', 'load_imagenet_weights', 'resnet_backbone',
-           'LargeFOVHead', 'DeepLabLargeFOV', 'deeplab_splitter', 'broadcast_list', 'BranchDL', 'seg_cross_entropy',
-           'branch_cross_entropy', 'init_distributed', 'DDPTrainer', 'BranchDataset', 'train_items', 'segment_dls',
-           'SegMIoU', 'segmenter_learner', 'train_segmenter', 'save_segmenter', 'load_segmenter', 'predict_folder',
+__all__ = ['RESNETS', 'RESNET_TRUNK', 'STRONG', 'WEAK', 'SEGMENTERS', 'MODES', 'PAPER_SEGMENTER', 'load_imagenet_weights',
+           'resnet_backbone', 'LargeFOVHead', 'TrunkHeads', 'DeepLabLargeFOV', 'DeepLabV3', 'SingleHead',
+           'deeplab_splitter', 'broadcast_list', 'BranchDL', 'seg_cross_entropy', 'branch_cross_entropy',
+           'init_distributed', 'DDPTrainer', 'BranchDataset', 'train_items', 'segment_dls', 'SegMIoU',
+           'segmenter_learner', 'train_segmenter', 'save_segmenter', 'load_segmenter', 'predict_folder',
            'plot_segmentations']
 
 # %% ../nbs/07_segment.ipynb #51bba2ee
@@ -88,27 +89,11 @@ class LargeFOVHead(nn.Sequential):
 # %% ../nbs/07_segment.ipynb #d083a30e
 STRONG, WEAK = 0, 1
 
-class DeepLabLargeFOV(nn.Module):
-    "DeepLabV1-LargeFOV: dilated ResNet backbone and `n_heads` LargeFOV heads (0: strong, 1: weak)."
-    def __init__(self,
-                 n_classes:int, # classes, background included
-                 arch:str='resnet101', # torchvision ResNet name
-                 weights=None, # local ImageNet state-dict file for the backbone
-                 n_heads:int=2, # 2 for the dual-branch model, 1 for a single branch
-                 nh:int=1024, # hidden channels of the heads
-                 freeze_bn:bool=None, # keep the backbone's batch norms fixed (default: when `weights` is given)
-                 output_stride:int=8, # backbone output stride (DeepLabV1: 8)
-                 num_stages:int=4, # residual stages of the backbone (4: the whole ResNet)
-                 dilation:int=12, # dilation of the heads' 3x3 convolution (DeepLabV1: 12 on a 41x41 map)
-                 dropout:float=0.5): # dropout of the heads (DeepLabV1: 0.5)
-        super().__init__()
-        if n_heads not in (1, 2): raise ValueError(f'n_heads must be 1 or 2, got {n_heads}')
-        self.config = dict(n_classes=n_classes, arch=arch, n_heads=n_heads, nh=nh, output_stride=output_stride, num_stages=num_stages,
-                           dilation=dilation, dropout=dropout)
-        self.freeze_bn = weights is not None if freeze_bn is None else freeze_bn
-        self.backbone, ni = resnet_backbone(arch, weights, output_stride, num_stages)
-        self.heads = nn.ModuleList(LargeFOVHead(ni, n_classes, nh, dilation, dropout) for _ in range(n_heads))
-        if self.freeze_bn:
+class TrunkHeads(nn.Module):
+    "A segmenter as the dual-branch training sees it: a shared `backbone` (images -> features) and `heads` (0: strong, 1: weak)."
+    def _setup(self, freeze_bn:bool):
+        self.freeze_bn = freeze_bn
+        if freeze_bn:
             for m in self.backbone.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm): m.requires_grad_(False)
 
@@ -120,11 +105,15 @@ class DeepLabLargeFOV(nn.Module):
                 if isinstance(m, nn.modules.batchnorm._BatchNorm): m.eval()
         return self
 
+    def features(self, x:torch.Tensor)->torch.Tensor:
+        f = self.backbone(x)
+        return f['out'] if isinstance(f, dict) else f  # torchvision's `IntermediateLayerGetter` returns a dict
+
     def forward(self,
                 x:torch.Tensor, # images (B,3,H,W)
                 branch:torch.Tensor=None): # (B,) head index of each image (None: strong head for all)
         "Logits (B, n_classes, H, W), each image's from the head its `branch` names."
-        f = self.backbone(x)
+        f = self.features(x)
         if branch is None: y = self.heads[0](f)
         else:
             branch = torch.as_tensor(branch, device=x.device).reshape(-1)
@@ -140,6 +129,59 @@ class DeepLabLargeFOV(nn.Module):
                 if y is None: y = yi.new_zeros(len(x), *yi.shape[1:])
                 y = y.index_copy(0, idx, yi)
         return F.interpolate(y, size=x.shape[-2:], mode='bilinear', align_corners=False)
+
+class DeepLabLargeFOV(TrunkHeads):
+    "DeepLabV1-LargeFOV: dilated ResNet backbone and `n_heads` LargeFOV heads (0: strong, 1: weak)."
+    def __init__(self,
+                 n_classes:int, # classes, background included
+                 arch:str='resnet101', # torchvision ResNet name
+                 weights=None, # local ImageNet state-dict file for the backbone
+                 n_heads:int=2, # 2 for the dual-branch model, 1 for a single branch
+                 nh:int=1024, # hidden channels of the heads
+                 freeze_bn:bool=None, # keep the backbone's batch norms fixed (default: when `weights` is given)
+                 output_stride:int=8, # backbone output stride (DeepLabV1: 8)
+                 num_stages:int=4, # residual stages of the backbone (4: the whole ResNet)
+                 dilation:int=12, # dilation of the heads' 3x3 convolution (DeepLabV1: 12 on a 41x41 map)
+                 dropout:float=0.5): # dropout of the heads (DeepLabV1: 0.5)
+        super().__init__()
+        if n_heads not in (1, 2): raise ValueError(f'n_heads must be 1 or 2, got {n_heads}')
+        self.config = dict(model='deeplab_largefov', n_classes=n_classes, arch=arch, n_heads=n_heads, nh=nh,
+                           output_stride=output_stride, num_stages=num_stages, dilation=dilation, dropout=dropout)
+        self.backbone, ni = resnet_backbone(arch, weights, output_stride, num_stages)
+        self.heads = nn.ModuleList(LargeFOVHead(ni, n_classes, nh, dilation, dropout) for _ in range(n_heads))
+        self._setup(weights is not None if freeze_bn is None else freeze_bn)
+
+class DeepLabV3(TrunkHeads):
+    "torchvision's DeepLabV3 head (ASPP) on the same dilated ResNet trunk, with `n_heads` heads for the dual-branch training."
+    def __init__(self,
+                 n_classes:int, # classes, background included
+                 arch:str='resnet50', # torchvision ResNet name
+                 weights=None, # local ImageNet state-dict file for the backbone
+                 n_heads:int=2, # 2 for the dual-branch model, 1 for a single branch
+                 freeze_bn:bool=None, # keep the backbone's batch norms fixed (default: when `weights` is given)
+                 output_stride:int=8, # backbone output stride
+                 num_stages:int=4, # residual stages of the backbone
+                 rates:tuple=(12, 24, 36)): # atrous rates of the ASPP (torchvision's, for maps of about 40 cells)
+        from torchvision.models.segmentation.deeplabv3 import DeepLabHead
+        super().__init__()
+        if n_heads not in (1, 2): raise ValueError(f'n_heads must be 1 or 2, got {n_heads}')
+        self.config = dict(model='deeplabv3', n_classes=n_classes, arch=arch, n_heads=n_heads, output_stride=output_stride,
+                           num_stages=num_stages, rates=list(rates))
+        self.backbone, ni = resnet_backbone(arch, weights, output_stride, num_stages)
+        self.heads = nn.ModuleList(DeepLabHead(ni, n_classes, list(rates)) for _ in range(n_heads))
+        self._setup(weights is not None if freeze_bn is None else freeze_bn)
+
+class SingleHead(nn.Module):
+    "A user's segmentation model (images -> logits, or torchvision's `{'out': logits}`) in the trainer's `(image, branch)` call."
+    def __init__(self, model:nn.Module): super().__init__(); self.model = model
+    def forward(self, x, branch=None):
+        if branch is not None and bool((torch.as_tensor(branch) != STRONG).any()):
+            raise ValueError('a single-head model trains on one label set: use a mode other than dual, or a `TrunkHeads` model')
+        y = self.model(x)
+        y = y['out'] if isinstance(y, dict) else y
+        return y if y.shape[-2:] == x.shape[-2:] else F.interpolate(y, size=x.shape[-2:], mode='bilinear', align_corners=False)
+
+SEGMENTERS = dict(deeplab_largefov=DeepLabLargeFOV, deeplabv3=DeepLabV3)
 
 # %% ../nbs/07_segment.ipynb #d74a978d
 def deeplab_splitter(model:DeepLabLargeFOV):
@@ -349,13 +391,24 @@ def segmenter_learner(dls:DataLoaders, # from `segment_dls`
                       freeze_bn:bool=None, # keep the backbone's batch norms fixed (default: when `weights` is given)
                       weak_weight:float=1., # weight of the weak head's loss (`dual`)
                       wd:float=0., # weight decay of Adam
-                      mixed_precision:bool=True): # bf16/fp16 autocast and channels-last on CUDA (ignored on CPU)
-    "fastai `Learner` for DeepLabV1-LargeFOV in training mode `mode`."
-    model = DeepLabLargeFOV(n_classes, arch, weights, n_heads=2 if mode == 'dual' else 1, nh=nh, freeze_bn=freeze_bn,
-                            output_stride=output_stride, num_stages=num_stages, dilation=dilation, dropout=dropout)
+                      mixed_precision:bool=True, # bf16/fp16 autocast and channels-last on CUDA (ignored on CPU)
+                      model='deeplab_largefov', # a key of `SEGMENTERS`, or the user's model (a two-head `TrunkHeads` for `dual`)
+                      rates:tuple=(12, 24, 36)): # ASPP rates of `deeplabv3`
+    "fastai `Learner` for the segmenter `model` (DeepLabV1-LargeFOV by default) in training mode `mode`."
+    n_heads = 2 if mode == 'dual' else 1
+    if isinstance(model, nn.Module):
+        if mode == 'dual' and not (isinstance(model, TrunkHeads) and len(model.heads) == 2):
+            raise ValueError('the dual-branch mode needs a `TrunkHeads` model with two heads (strong, weak)')
+        net = model if isinstance(model, TrunkHeads) else SingleHead(model)
+    elif model == 'deeplab_largefov':
+        net = DeepLabLargeFOV(n_classes, arch, weights, n_heads, nh=nh, freeze_bn=freeze_bn, output_stride=output_stride,
+                              num_stages=num_stages, dilation=dilation, dropout=dropout)
+    elif model == 'deeplabv3': net = DeepLabV3(n_classes, arch, weights, n_heads, freeze_bn, output_stride, num_stages, rates)
+    else: raise ValueError(f'unknown segmenter {model!r}: choose one of {", ".join(SEGMENTERS)}, or pass a model')
     metrics = [SegMIoU(n_classes)] if len(dls.valid) else []
-    learn = Learner(dls, model.to(dls.device), loss_func=partial(branch_cross_entropy, weak_weight=weak_weight),
-                    opt_func=partial(Adam, wd=wd), splitter=deeplab_splitter, metrics=metrics)
+    learn = Learner(dls, net.to(dls.device), loss_func=partial(branch_cross_entropy, weak_weight=weak_weight),
+                    opt_func=partial(Adam, wd=wd), splitter=deeplab_splitter if isinstance(net, TrunkHeads) else trainable_params,
+                    metrics=metrics)
     if mixed_precision and torch.cuda.is_available():
         learn.add_cbs([ChannelsLast(), MixedPrecision('bf16' if torch.cuda.is_bf16_supported() else 'fp16')])
     return learn
@@ -412,18 +465,22 @@ def save_segmenter(model:DeepLabLargeFOV, # a trained model (a DDP wrapper is un
                    path): # checkpoint file
     "Write `model`'s configuration and weights to `path` atomically."
     model = getattr(model, 'module', model)
+    if not hasattr(model, 'config'): raise ValueError(f'{type(model).__name__} has no `config` to rebuild it from: save a model of your own yourself')
     with atomic_write(path) as f: torch.save(dict(config=model.config, state_dict=model.state_dict()), f)
     return Path(path)
 
 def load_segmenter(path, # checkpoint written by `save_segmenter`
                    device=None): # where to put the model (default: the GPU when there is one)
-    "The `DeepLabLargeFOV` saved in `path`, in eval mode."
+    "The segmenter (`DeepLabLargeFOV`, `DeepLabV3`) saved in `path`, in eval mode."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f'segmenter checkpoint not found: {path}')
     try: ck = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e: raise ValueError(f'{path}: not a segmenter checkpoint ({e})') from None
     if not {'config', 'state_dict'} <= set(ck): raise ValueError(f'{path}: not a segmenter checkpoint (keys {sorted(ck)[:4]})')
-    model = DeepLabLargeFOV(**ck['config'], freeze_bn=False)
+    cfg = dict(ck['config'])
+    name = cfg.pop('model', 'deeplab_largefov')  # checkpoints written before the choice of segmenter are LargeFOV
+    if name not in SEGMENTERS: raise ValueError(f'{path}: unknown segmenter {name!r}')
+    model = SEGMENTERS[name](**cfg, freeze_bn=False)
     model.load_state_dict(ck['state_dict'])
     return model.to(default_device() if device is None else device).eval()
 
