@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.trl_nb-installed
 OUT    ?= runs/default
+SEED   ?= 0
 BENCH_OUT ?= bench/results/spec_cpu.json
 
 .PHONY: run test test-all docs nbs export clean-nbs bench
@@ -16,7 +17,7 @@ $(STAMP): settings.ini setup.py constraints.txt
 
 ## Main job: the whole TRL pipeline on the embedded default data set.
 run: $(STAMP)
-	$(BIN)/trl_run --out $(OUT)
+	$(BIN)/trl_run --out $(OUT) --seed $(SEED)
 
 ## Whole test suite: every notebook (nbdev_test, wrapped in pytest) plus packaging checks.
 test: $(STAMP)
