@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch
 from fastcore.basics import store_attr, patch
 from fastcore.script import call_parse, Param
-from contextlib import nullcontext as _null
 from fastai.torch_core import set_seed
 from .data import DataError, run_cli, fit_logging, validate_data, SegData, atomic_write, load_image, load_heatmap, load_mask, save_mask, colorize, voc_palette
 from .metrics import evaluate_folder

@@ -5,7 +5,6 @@
 # %% ../nbs/06_refine.ipynb #5b20c885
 from __future__ import annotations
 import json, shutil, time
-from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn.functional as F

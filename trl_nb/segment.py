@@ -91,9 +91,14 @@ STRONG, WEAK = 0, 1
 
 class TrunkHeads(nn.Module):
     "A segmenter as the dual-branch training sees it: a shared `backbone` (images -> features) and `heads` (0: strong, 1: weak)."
-    def _setup(self, freeze_bn:bool):
-        self.freeze_bn = freeze_bn
-        if freeze_bn:
+    def _build(self, config:dict, weights, freeze_bn:bool, make_head):
+        "Trunk from `config` (arch, output_stride, num_stages), `config['n_heads']` heads `make_head(channels)`, frozen BN."
+        if config['n_heads'] not in (1, 2): raise ValueError(f"n_heads must be 1 or 2, got {config['n_heads']}")
+        self.config = config
+        self.backbone, ni = resnet_backbone(config['arch'], weights, config['output_stride'], config['num_stages'])
+        self.heads = nn.ModuleList(make_head(ni) for _ in range(config['n_heads']))
+        self.freeze_bn = weights is not None if freeze_bn is None else freeze_bn
+        if self.freeze_bn:
             for m in self.backbone.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm): m.requires_grad_(False)
 
@@ -144,12 +149,9 @@ class DeepLabLargeFOV(TrunkHeads):
                  dilation:int=12, # dilation of the heads' 3x3 convolution (DeepLabV1: 12 on a 41x41 map)
                  dropout:float=0.5): # dropout of the heads (DeepLabV1: 0.5)
         super().__init__()
-        if n_heads not in (1, 2): raise ValueError(f'n_heads must be 1 or 2, got {n_heads}')
-        self.config = dict(model='deeplab_largefov', n_classes=n_classes, arch=arch, n_heads=n_heads, nh=nh,
-                           output_stride=output_stride, num_stages=num_stages, dilation=dilation, dropout=dropout)
-        self.backbone, ni = resnet_backbone(arch, weights, output_stride, num_stages)
-        self.heads = nn.ModuleList(LargeFOVHead(ni, n_classes, nh, dilation, dropout) for _ in range(n_heads))
-        self._setup(weights is not None if freeze_bn is None else freeze_bn)
+        self._build(dict(model='deeplab_largefov', n_classes=n_classes, arch=arch, n_heads=n_heads, nh=nh,
+                         output_stride=output_stride, num_stages=num_stages, dilation=dilation, dropout=dropout),
+                    weights, freeze_bn, lambda ni: LargeFOVHead(ni, n_classes, nh, dilation, dropout))
 
 class DeepLabV3(TrunkHeads):
     "torchvision's DeepLabV3 head (ASPP) on the same dilated ResNet trunk, with `n_heads` heads for the dual-branch training."
@@ -164,12 +166,9 @@ class DeepLabV3(TrunkHeads):
                  rates:tuple=(12, 24, 36)): # atrous rates of the ASPP (torchvision's, for maps of about 40 cells)
         from torchvision.models.segmentation.deeplabv3 import DeepLabHead
         super().__init__()
-        if n_heads not in (1, 2): raise ValueError(f'n_heads must be 1 or 2, got {n_heads}')
-        self.config = dict(model='deeplabv3', n_classes=n_classes, arch=arch, n_heads=n_heads, output_stride=output_stride,
-                           num_stages=num_stages, rates=list(rates))
-        self.backbone, ni = resnet_backbone(arch, weights, output_stride, num_stages)
-        self.heads = nn.ModuleList(DeepLabHead(ni, n_classes, list(rates)) for _ in range(n_heads))
-        self._setup(weights is not None if freeze_bn is None else freeze_bn)
+        self._build(dict(model='deeplabv3', n_classes=n_classes, arch=arch, n_heads=n_heads, output_stride=output_stride,
+                         num_stages=num_stages, rates=list(rates)),
+                    weights, freeze_bn, lambda ni: DeepLabHead(ni, n_classes, list(rates)))
 
 class SingleHead(nn.Module):
     "A user's segmentation model (images -> logits, or torchvision's `{'out': logits}`) in the trainer's `(image, branch)` call."
