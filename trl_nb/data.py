@@ -63,6 +63,8 @@ def run_cli(f): # a `fastcore.script.call_parse` function
     import sys
     args = vars(cli_parser(f).parse_args())
     for k in ('pdb', 'xtra'): args.pop(k, None)
+    import warnings  # a warning on the command line is one line, named by the command, without the source line
+    warnings.formatwarning = lambda msg, cat, *a, **kw: f'{f.__name__}: warning: {msg}\n'
     try: f(**args)
     except DataError as e:
         print(f'{f.__name__}: error: {e}', file=sys.stderr)

@@ -15,11 +15,12 @@ from .metrics import evaluate_folder
 from .synth import synthesize
 from .cam import cam_learner, train_cam, extract_cams, save_cam_model, load_cam_model, cam_threshold_sweep, cam_to_labels
 from .refine import refine, refine_config, pretrain_image_stream, evaluate_stages, stage_names
-from .segment import train_segmenter, save_segmenter, load_segmenter, predict_folder, plot_segmentations, RESNET_TRUNK
+from .segment import train_segmenter, save_segmenter, load_segmenter, predict_folder, plot_segmentations, segmenter_name, RESNET_TRUNK
 
 # %% auto #0
-__all__ = ['run_configs', 'choose_config', 'data_identity', 'parse_overrides', 'check_overrides', 'load_config', 'clear_run',
-           'remove_temp_files', 'Run', 'report_markdown', 'run_pipeline', 'show_run_config', 'trl_run', 'trl_run_main']
+__all__ = ['run_configs', 'choose_config', 'data_identity', 'parse_overrides', 'check_overrides', 'check_settings', 'load_config',
+           'clear_run', 'remove_temp_files', 'Run', 'report_markdown', 'run_pipeline', 'show_run_config', 'trl_run',
+           'trl_run_main']
 
 # %% ../nbs/08_pipeline.ipynb #c2ef14b3
 _cpu_seg = dict(arch='resnet18', output_stride=8, num_stages=3, dilation=2, init='cam', epochs=8, steps=640, size=64, bs=8, lr=3e-3,
@@ -116,6 +117,17 @@ def check_overrides(overrides:dict):
         if bad := sorted(set(v) - known[sec]):
             raise DataError(f'unknown entry {sec}.{bad[0]}: {sec} takes {", ".join(sorted(known[sec]))}')
 
+def check_settings(cfg:dict # the effective settings of a run (a preset with its overrides)
+                  ):
+    "Refuse, in one line, settings whose stages cannot work together, before anything is written or trained."
+    seg, cam = cfg.get('seg') or {}, cfg.get('cam') or {}
+    if not isinstance(seg.get('model', 'deeplab_largefov'), str): return  # the user's own model
+    try: _, arch = segmenter_name(seg.get('model', 'deeplab_largefov'), seg.get('arch', 'resnet101'))
+    except ValueError as e: raise DataError(f'seg.model / seg.arch: {e}') from None
+    if seg.get('init') == 'cam' and arch != cam.get('arch'):
+        raise DataError(f"seg.init=cam starts the segmenters from the CAM classifier's {cam.get('arch')}, which a {arch} "
+                        f"segmenter cannot load: add --set cam.arch={arch}, or --set seg.init=null (random initialisation)")
+
 def load_config(config:str=None, # a preset name (`run_configs`), a YAML/JSON file, or None
                )->tuple: # (preset name or None, overrides)
     "The preset and overrides that `config` names. A file holds a mapping shaped like a preset; its `base` entry names the preset it overrides (default 'cpu')."
@@ -201,6 +213,7 @@ class Run:
 @patch
 def prepare(self:Run):
     "Generate (if needed) and validate the data set; settle the configuration."
+    if self.config is not None: check_settings(_merge(run_configs[self.config], self.overrides or {}))
     if self.data is None:
         cfg = run_configs[self.config or 'cpu']
         def _gen(): synthesize(self.out/'data', seed=self.seed, **cfg['synth']); return dict(generated=True)
@@ -212,6 +225,7 @@ def prepare(self:Run):
     if self.done('data'): ident['root'] = '<out>/data'  # generated into the run folder: moves with it
     want = json.loads(json.dumps(dict(name=name, settings=_merge(run_configs[name], self.overrides or {}), seed=self.seed,
                                       data=ident), default=list))
+    check_settings(want['settings'])
     if self.done('config'):
         saved = self.record('config')
         if diff := _differences(saved, want):
@@ -289,7 +303,7 @@ def cam_backbone(self:Run):
     "The CAM classifier's backbone as a torchvision ResNet state-dict file, for segmenters with `init='cam'`."
     dest = self.out/'checkpoints'/'cam_backbone.pth'
     if dest.exists(): return dest
-    cam, arch = load_cam_model(self.out/'checkpoints'/'cam.pth'), self.cfg['seg']['arch']
+    cam, arch = load_cam_model(self.out/'checkpoints'/'cam.pth'), segmenter_name(self.cfg['seg'].get('model', 'deeplab_largefov'), self.cfg['seg']['arch'])[1]
     if str(cam.arch).split(':')[-1] != arch:
         raise ValueError(f"seg init='cam' needs a CAM backbone of the segmenter's architecture {arch!r}, got {cam.arch!r}")
     sd = {}  # the CAM trunk is the same ResNet trunk as an unnamed Sequential: '4.0.conv1.weight' -> 'layer1.0.conv1.weight'
@@ -498,6 +512,7 @@ def show_run_config(config:str=None, # as `run_pipeline`'s
     over = _merge(over, overrides or {})
     check_overrides(over)
     if name is None: name = choose_config(validate_data(data, mask_dir)) if data is not None else 'cpu'
+    check_settings(_merge(run_configs[name], over))
     cfg = json.loads(json.dumps(dict(base=name, **_merge(run_configs[name], over)), default=list))
     return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False)
 

@@ -503,6 +503,8 @@ def trl_refine(data:str=None, # data set folder (VOC layout)
     kw = {k: v for k, v in dict(strong_maps=strong_maps, folds=folds, epochs=epochs, crop=crop, bs=bs, lr=lr, dctn=dctn).items() if v is not None}
     ds = validate_data(data, mask_dir)
     if heatmaps is not None and not Path(heatmaps).is_dir(): raise DataError(f'heat map folder not found: {heatmaps}')
+    if heatmaps is None and not (Path(out)/'heatmaps'/'cam').is_dir():
+        raise DataError(f'heat map folder not found: {Path(out)/"heatmaps"/"cam"} (write it with `trl_cam --data {data} --out {out}`, or pass --heatmaps DIR)')
     r = refine(ds, heatmaps, out, rounds, fresh, config=config, seed=seed, bar=not no_bar, **kw)
     print(f'pseudo labels of {len(ds.ids("train_weak"))} weak images: {r.pseudo_dir}')
     weak = ds.ids('train_weak')

@@ -30,9 +30,9 @@ from .cam import dilate_resnet
 # %% auto #0
 __all__ = ['RESNETS', 'RESNET_TRUNK', 'STRONG', 'WEAK', 'SEGMENTERS', 'MODES', 'PAPER_SEGMENTER', 'load_imagenet_weights',
            'resnet_backbone', 'LargeFOVHead', 'TrunkHeads', 'DeepLabLargeFOV', 'DeepLabV3', 'SingleHead',
-           'deeplab_splitter', 'broadcast_list', 'BranchDL', 'seg_cross_entropy', 'branch_cross_entropy',
-           'init_distributed', 'DDPTrainer', 'BranchDataset', 'train_items', 'segment_dls', 'SegMIoU',
-           'segmenter_learner', 'train_segmenter', 'save_segmenter', 'load_segmenter', 'predict_folder',
+           'segmenter_name', 'deeplab_splitter', 'broadcast_list', 'BranchDL', 'seg_cross_entropy',
+           'branch_cross_entropy', 'init_distributed', 'DDPTrainer', 'BranchDataset', 'train_items', 'segment_dls',
+           'SegMIoU', 'segmenter_learner', 'train_segmenter', 'save_segmenter', 'load_segmenter', 'predict_folder',
            'plot_segmentations']
 
 # %% ../nbs/07_segment.ipynb #51bba2ee
@@ -181,6 +181,18 @@ class SingleHead(nn.Module):
         return y if y.shape[-2:] == x.shape[-2:] else F.interpolate(y, size=x.shape[-2:], mode='bilinear', align_corners=False)
 
 SEGMENTERS = dict(deeplab_largefov=DeepLabLargeFOV, deeplabv3=DeepLabV3)
+
+# %% ../nbs/07_segment.ipynb #35ac0b55
+def segmenter_name(model:str, # a key of `SEGMENTERS`, or one joined to a ResNet name: 'deeplabv3_resnet50'
+                   arch:str='resnet101', # the backbone when `model` names none
+                  )->tuple: # (key of `SEGMENTERS`, backbone)
+    "The segmenter and backbone that the name `model` stands for; an unknown name is refused with the known ones."
+    if model in SEGMENTERS and arch in RESNETS: return model, arch
+    for key in SEGMENTERS:
+        if model.startswith(key + '_') and model[len(key) + 1:] in RESNETS: return key, model[len(key) + 1:]
+    if model in SEGMENTERS: raise ValueError(f'unknown backbone {arch!r}: choose one of {", ".join(RESNETS)}')
+    raise ValueError(f'unknown segmenter {model!r}: choose one of {", ".join(SEGMENTERS)} (optionally joined to a '
+                     'ResNet, e.g. deeplabv3_resnet50), or pass a model')
 
 # %% ../nbs/07_segment.ipynb #d74a978d
 def deeplab_splitter(model:DeepLabLargeFOV):
@@ -391,7 +403,7 @@ def segmenter_learner(dls:DataLoaders, # from `segment_dls`
                       weak_weight:float=1., # weight of the weak head's loss (`dual`)
                       wd:float=0., # weight decay of Adam
                       mixed_precision:bool=True, # bf16/fp16 autocast and channels-last on CUDA (ignored on CPU)
-                      model='deeplab_largefov', # a key of `SEGMENTERS`, or the user's model (a two-head `TrunkHeads` for `dual`)
+                      model='deeplab_largefov', # a name of `segmenter_name` ('deeplabv3_resnet50'), or the user's model (a two-head `TrunkHeads` for `dual`)
                       rates:tuple=(12, 24, 36)): # ASPP rates of `deeplabv3`
     "fastai `Learner` for the segmenter `model` (DeepLabV1-LargeFOV by default) in training mode `mode`."
     n_heads = 2 if mode == 'dual' else 1
@@ -399,11 +411,10 @@ def segmenter_learner(dls:DataLoaders, # from `segment_dls`
         if mode == 'dual' and not (isinstance(model, TrunkHeads) and len(model.heads) == 2):
             raise ValueError('the dual-branch mode needs a `TrunkHeads` model with two heads (strong, weak)')
         net = model if isinstance(model, TrunkHeads) else SingleHead(model)
-    elif model == 'deeplab_largefov':
-        net = DeepLabLargeFOV(n_classes, arch, weights, n_heads, nh=nh, freeze_bn=freeze_bn, output_stride=output_stride,
-                              num_stages=num_stages, dilation=dilation, dropout=dropout)
-    elif model == 'deeplabv3': net = DeepLabV3(n_classes, arch, weights, n_heads, freeze_bn, output_stride, num_stages, rates)
-    else: raise ValueError(f'unknown segmenter {model!r}: choose one of {", ".join(SEGMENTERS)}, or pass a model')
+    elif segmenter_name(model, arch)[0] == 'deeplab_largefov':
+        net = DeepLabLargeFOV(n_classes, segmenter_name(model, arch)[1], weights, n_heads, nh=nh, freeze_bn=freeze_bn,
+                              output_stride=output_stride, num_stages=num_stages, dilation=dilation, dropout=dropout)
+    else: net = DeepLabV3(n_classes, segmenter_name(model, arch)[1], weights, n_heads, freeze_bn, output_stride, num_stages, rates)
     metrics = [SegMIoU(n_classes)] if len(dls.valid) else []
     learn = Learner(dls, net.to(dls.device), loss_func=partial(branch_cross_entropy, weak_weight=weak_weight),
                     opt_func=partial(Adam, wd=wd), splitter=deeplab_splitter if isinstance(net, TrunkHeads) else trainable_params,
