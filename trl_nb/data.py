@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_data.ipynb #c8bcfcec
 from __future__ import annotations
-import os, sys, time, json, tempfile, contextlib, xml.etree.ElementTree as ET
+import os, sys, time, json, tempfile, contextlib, importlib.util, xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
@@ -15,11 +15,11 @@ from fastai.data.load import DataLoader
 from fastai.torch_core import default_device
 
 # %% auto #0
-__all__ = ['VOID', 'atomic_write', 'cli_parser', 'run_cli', 'interactive', 'epoch_logger', 'fit_logging', 'EpochCheckpoint',
-           'voc_palette', 'save_mask', 'load_mask', 'load_image', 'save_heatmap', 'load_heatmap', 'SegData',
-           'DataError', 'validate_data', 'image_tensor', 'decode_image', 'colorize', 'JointAugment', 'MaskReader',
-           'HeatmapReader', 'ClsDataset', 'SegDataset', 'RefineDataset', 'pad_collate', 'cls_dls', 'refine_dls',
-           'seg_dls']
+__all__ = ['VOID', 'atomic_write', 'cli_parser', 'run_cli', 'interactive', 'epoch_logger', 'tensorboard_cb', 'fit_logging',
+           'EpochCheckpoint', 'voc_palette', 'save_mask', 'load_mask', 'load_image', 'save_heatmap', 'load_heatmap',
+           'SegData', 'DataError', 'validate_data', 'imagenet_weights', 'image_tensor', 'decode_image', 'colorize',
+           'JointAugment', 'MaskReader', 'HeatmapReader', 'ClsDataset', 'SegDataset', 'RefineDataset', 'pad_collate',
+           'cls_dls', 'refine_dls', 'seg_dls']
 
 # %% ../nbs/00_data.ipynb #32d4406b
 VOID = 255  # mask value of ignored pixels (object borders in VOC, padding after a crop)
@@ -90,10 +90,20 @@ def epoch_logger(learn, # a fastai `Learner`
         print(f'{time.strftime("%H:%M:%S")} {stage}: ' + '  '.join(parts), flush=True)
     return log
 
+def tensorboard_cb(log_dir): # folder of the event files
+    "fastai's `TensorBoardCallback` (losses, metrics, learning rates), or None when TensorBoard is not installed."
+    if importlib.util.find_spec('tensorboard') is None: return None
+    from fastai.callback.tensorboard import TensorBoardCallback
+    class _EpochScalars(TensorBoardCallback):
+        def after_epoch(self):  # fastai's would fail on the empty `valid_loss` of a fit without validation
+            for n, v in zip(self.recorder.metric_names[2:-1], self.recorder.log[2:-1]):
+                if v is not None: self.writer.add_scalar(n, v, self.train_iter)
+    return _EpochScalars(str(log_dir), trace_model=False, log_preds=False)
+
 @contextlib.contextmanager
 def fit_logging(learn, # a fastai `Learner`
                 stage:str, # name of the training in the log lines and of its CSV file
-                log_dir=None, # folder of the CSV history `<stage>.csv` (fastai `CSVLogger`); None: none
+                log_dir=None, # folder of the CSV history `<stage>.csv` (fastai `CSVLogger`) and, with TensorBoard installed, `tensorboard/<stage>/`; None: none
                 bar:bool=True, # progress bars in a terminal or notebook; False (or output to a file): one line per epoch
                 log:bool=True): # False: print nothing (the CSV history is still written)
     "Context for `learn`'s fit: how its progress is shown and where its history is written."
@@ -102,6 +112,7 @@ def fit_logging(learn, # a fastai `Learner`
     if log_dir is not None:
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         cbs.append(CSVLogger(fname=str(Path(log_dir).resolve()/f'{stage}.csv')))
+        if (tb := tensorboard_cb(Path(log_dir).resolve()/'tensorboard'/stage)) is not None: cbs.append(tb)
     bar = bar and log and interactive()
     old = learn.logger
     with contextlib.ExitStack() as st:
@@ -443,6 +454,56 @@ def validate_data(root, # data set folder (VOC layout)
         msg, more = problems[0], len(problems) - 1
         raise DataError(msg + (f' (and {more} more problem(s))' if more > 0 else '')) from None
     return ds
+
+# %% ../nbs/00_data.ipynb #b5461b92
+def _hint(key): return f'pass a local file with --set {key}=FILE, or --set {key}=random to start from random weights'
+
+def _torchvision_weights(name, key):
+    "The torch.hub cache file of torchvision's default ImageNet weights of `name`, downloaded there when missing."
+    import torchvision, urllib.parse
+    w = torchvision.models.get_model_weights(name).DEFAULT
+    fn = Path(torch.hub.get_dir())/'checkpoints'/Path(urllib.parse.urlparse(w.url).path).name
+    if not fn.is_file():
+        try:
+            fn.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(w.url, str(fn), progress=False)  # through a temporary file: never half written
+        except Exception as e:
+            raise DataError(f'{key}: the ImageNet weights of {name} ({w}) are not in {fn} and cannot be downloaded from '
+                            f'{w.url} ({type(e).__name__}); {_hint(key)}') from None
+    return fn
+
+def _timm_weights(name, key):
+    "The Hugging Face cache file of timm's default pretrained weights of `name`, downloaded there when missing."
+    import timm
+    from huggingface_hub import hf_hub_download
+    cfg = timm.models.get_pretrained_cfg(name) if timm.is_model(name.split('.')[0]) else None
+    if cfg is None or not cfg.hf_hub_id: raise DataError(f'{key}: timm knows no pretrained weights of {name!r}; {_hint(key)}')
+    repo, fname, cache = cfg.hf_hub_id, cfg.hf_hub_filename or 'model.safetensors', os.environ.get('HF_HUB_CACHE')
+    try: return Path(hf_hub_download(repo, fname, cache_dir=cache, local_files_only=True))  # the cache first, no network
+    except Exception: pass
+    try:
+        import socket, urllib.parse
+        from huggingface_hub.constants import ENDPOINT
+        socket.getaddrinfo(urllib.parse.urlparse(ENDPOINT).hostname, 443)  # offline: fail at once, not after the hub's retries
+        return Path(hf_hub_download(repo, fname, cache_dir=cache))
+    except Exception as e:
+        from huggingface_hub.constants import HF_HUB_CACHE
+        raise DataError(f'{key}: the pretrained weights of {name} ({repo}/{fname}) are not in the Hugging Face cache '
+                        f'{cache or HF_HUB_CACHE} and cannot be downloaded ({type(e).__name__}); {_hint(key)}') from None
+
+def imagenet_weights(arch:str, # 'resnet50' (torchvision), 'twins_svt_small' (timm), or either prefixed 'tv:' / 'timm:'
+                     spec=None, # None or 'random': random initialisation; 'imagenet': the library's hub and cache; else a file
+                     key:str='weights', # the configuration entry holding `spec`, named in errors
+                    )->Path|None: # the weight file, None for random initialisation
+    "The file of `arch`'s initial weights that `spec` asks for; `DataError` (one line) when it cannot be had."
+    if spec is None or spec == 'random': return None
+    if spec != 'imagenet':
+        if not Path(spec).is_file(): raise DataError(f'{key}: weights file not found: {spec}')
+        return Path(spec)
+    import torchvision
+    src, _, name = arch.rpartition(':')
+    if src in ('tv', 'torchvision') or (not src and name in torchvision.models.list_models()): return _torchvision_weights(name, key)
+    return _timm_weights(name, key)
 
 # %% ../nbs/00_data.ipynb #16a7aca0
 _MEAN, _STD = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)  # ImageNet

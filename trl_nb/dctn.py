@@ -482,7 +482,10 @@ def load_twins_weights(model:DCTN, # model to load into
     "Load timm Twins-SVT weights into the Transformer streams; returns dict(loaded, adapted, unused, missing)"
     if not isinstance(src, dict):
         if not Path(src).is_file(): raise FileNotFoundError(f'load_twins_weights: no weight file {src}')
-        src = torch.load(src, map_location='cpu', weights_only=True)
+        if str(src).endswith('.safetensors'):  # timm's Hugging Face weights (`imagenet_weights`)
+            from safetensors.torch import load_file
+            src = load_file(str(src))
+        else: src = torch.load(src, map_location='cpu', weights_only=True)
     for k in ('state_dict', 'model'):
         if isinstance(src.get(k), dict): src = src[k]
     streams = list(model.streams) if streams is None else list(streams)

@@ -10,17 +10,17 @@ import numpy as np, pandas as pd, torch
 from fastcore.basics import store_attr, patch
 from fastcore.script import call_parse, Param
 from fastai.torch_core import set_seed
-from .data import DataError, run_cli, fit_logging, validate_data, SegData, atomic_write, load_image, load_heatmap, load_mask, save_mask, colorize, voc_palette
+from .data import DataError, run_cli, fit_logging, validate_data, SegData, atomic_write, load_image, load_heatmap, load_mask, save_mask, colorize, voc_palette, imagenet_weights
 from .metrics import evaluate_folder
 from .synth import synthesize
 from .cam import cam_learner, train_cam, extract_cams, save_cam_model, load_cam_model, cam_threshold_sweep, cam_to_labels
-from .refine import refine, refine_config, pretrain_image_stream, evaluate_stages, stage_names
+from .refine import refine, refine_config, pretrain_image_stream, evaluate_stages, stage_names, refine_configs
 from .segment import train_segmenter, save_segmenter, load_segmenter, predict_folder, plot_segmentations, segmenter_name, RESNET_TRUNK
 
 # %% auto #0
-__all__ = ['run_configs', 'choose_config', 'data_identity', 'parse_overrides', 'check_overrides', 'check_settings', 'load_config',
-           'clear_run', 'remove_temp_files', 'Run', 'report_markdown', 'run_pipeline', 'show_run_config', 'trl_run',
-           'trl_run_main']
+__all__ = ['run_configs', 'TWINS_IMAGENET', 'choose_config', 'data_identity', 'parse_overrides', 'check_overrides',
+           'check_settings', 'load_config', 'clear_run', 'remove_temp_files', 'Run', 'run_weights', 'report_markdown',
+           'run_pipeline', 'show_run_config', 'trl_run', 'trl_run_main']
 
 # %% ../nbs/08_pipeline.ipynb #c2ef14b3
 _cpu_seg = dict(arch='resnet18', output_stride=8, num_stages=3, dilation=2, init='cam', epochs=8, steps=640, size=64, bs=8, lr=3e-3,
@@ -39,10 +39,11 @@ run_configs = dict(
              seg=_cpu_seg,
              baselines=('sup_only', 'full_sup', 'cam')),
     paper=dict(synth=dict(),
-               cam=dict(arch='resnet50', output_stride=16, epochs=5, size=320, bs=16, lr=1e-3, scales=(0.5, 1.0, 1.5, 2.0), flip=True, cam_bs=8),
+               cam=dict(arch='resnet50', output_stride=16, epochs=5, size=320, bs=16, lr=1e-3, scales=(0.5, 1.0, 1.5, 2.0), flip=True, cam_bs=8,
+                        weights='imagenet'),
                pretrain=None,
-               refine=dict(config='paper', rounds=2),
-               seg=dict(arch='resnet101', epochs=32, size=328, bs=4, lr=1e-4),
+               refine=dict(config='paper', rounds=2, pretrained='imagenet'),
+               seg=dict(arch='resnet101', epochs=32, size=328, bs=4, lr=1e-4, weights='imagenet'),
                baselines=('sup_only', 'full_sup')))
 
 # %% ../nbs/08_pipeline.ipynb #e83eca0e
@@ -209,13 +210,40 @@ class Run:
 
     def __repr__(self): return f'Run({self.out}, data={self.data}, config={self.config!r})'
 
+# %% ../nbs/08_pipeline.ipynb #e8bfe323
+TWINS_IMAGENET = dict(svt_s='twins_svt_small')  # DCTN sizes with ImageNet Twins weights (timm names)
+
+def run_weights(settings:dict # the effective settings of a run
+               )->dict: # {'cam', 'dctn', 'seg'}: a weight file or None
+    "The initial weight file of each backbone of a run, resolved from its settings (`imagenet_weights`)."
+    cam, ref, seg = settings['cam'], settings['refine'], settings['seg']
+    cam_file, dctn = imagenet_weights(cam['arch'], cam.get('weights'), 'cam.weights'), ref.get('pretrained')
+    if dctn == 'imagenet':
+        size = ref.get('dctn') or refine_configs[ref['config']]['dctn']
+        if size not in TWINS_IMAGENET:
+            raise DataError(f"refine.pretrained=imagenet: ImageNet Twins weights exist for DCTN size {', '.join(TWINS_IMAGENET)}, not {size!r}")
+        dctn = imagenet_weights(TWINS_IMAGENET[size], 'imagenet', 'refine.pretrained')
+    else: dctn = imagenet_weights('twins', dctn, 'refine.pretrained')
+    seg_arch = segmenter_name(seg.get('model', 'deeplab_largefov'), seg.get('arch', 'resnet101'))[1] if isinstance(seg.get('model', ''), str) else None
+    return dict(cam=cam_file, dctn=dctn,
+                seg=None if seg.get('init') == 'cam' else imagenet_weights(seg_arch, seg.get('weights'), 'seg.weights'))
+
+# %% ../nbs/08_pipeline.ipynb #f9cce60d
+@patch
+def weight_sources(self:Run)->dict:
+    "Where each backbone's initial weights came from, as the report says it."
+    pretrained = 'pretraining on the image labels (pretrain stage)' if self.cfg.get('pretrain') else 'random'
+    return dict(cam=str(self.weights['cam'] or 'random'),
+                dctn=str(self.weights['dctn']) if self.weights['dctn'] else pretrained,
+                seg="the CAM classifier's backbone (seg.init=cam)" if self.cfg['seg'].get('init') == 'cam' else str(self.weights['seg'] or 'random'))
+
 # %% ../nbs/08_pipeline.ipynb #476f4f44
 @patch
 def prepare(self:Run):
     "Generate (if needed) and validate the data set; settle the configuration."
     if self.config is not None: check_settings(_merge(run_configs[self.config], self.overrides or {}))
     if self.data is None:
-        cfg = run_configs[self.config or 'cpu']
+        cfg = _merge(run_configs[self.config or 'cpu'], self.overrides or {})  # `--set synth.*` shapes the generated data set
         def _gen(): synthesize(self.out/'data', seed=self.seed, **cfg['synth']); return dict(generated=True)
         self.stage('data', _gen)
         self.data = self.out/'data'
@@ -226,6 +254,7 @@ def prepare(self:Run):
     want = json.loads(json.dumps(dict(name=name, settings=_merge(run_configs[name], self.overrides or {}), seed=self.seed,
                                       data=ident), default=list))
     check_settings(want['settings'])
+    self.weights = run_weights(want['settings'])  # weights that cannot be had stop the run here, before any training
     if self.done('config'):
         saved = self.record('config')
         if diff := _differences(saved, want):
@@ -246,7 +275,7 @@ def run_cam(self:Run):
         if ck.exists(): model = load_cam_model(ck)
         else:
             t = time.perf_counter()
-            learn = cam_learner(self.ds, c['arch'], c.get('weights'), c['output_stride'], size=c['size'], bs=c['bs'])
+            learn = cam_learner(self.ds, c['arch'], self.weights['cam'], c['output_stride'], size=c['size'], bs=c['bs'])
             with fit_logging(learn, 'cam', self.out/'logs', bar=not self.quiet): train_cam(learn, c['epochs'], c['lr'])
             model = learn.model.eval()
             save_cam_model(model, ck)
@@ -282,8 +311,8 @@ def run_pretrain(self:Run):
 def run_refine(self:Run):
     "Refinement rounds and pseudo labels (resumable), then Table 2's rows when weak masks exist for evaluation."
     c = dict(self.cfg['refine'])
-    weights = self.run_pretrain()
-    if weights is not None: c['pretrained'] = str(weights)
+    weights = self.run_pretrain() or self.weights['dctn']  # pretraining on the image labels, or ImageNet's (a file)
+    c['pretrained'] = None if weights is None else str(weights)
     def _run():
         rounds, name = c.pop('rounds'), c.pop('config')
         r = refine(self.ds, self.out/'heatmaps'/'cam', self.out, rounds, config=name, seed=self.seed, bar=not self.quiet, **c)
@@ -339,6 +368,7 @@ def run_segment(self:Run, name:str # 'trl', 'sup_only', 'naive', 'cam' or 'full_
         pseudo = dict(trl=self.out/'pseudo_labels', naive=self.out/'pseudo_labels').get(name)
         if name == 'cam': pseudo = self.cam_pseudo_labels()
         if c.pop('init', None) == 'cam': c['weights'] = str(self.cam_backbone())
+        else: c['weights'] = None if self.weights['seg'] is None else str(self.weights['seg'])
         if mode != 'dual': c.pop('strong_frac', None)
         ck = self.out/'checkpoints'/f'seg_{name}.pth'
         t = time.perf_counter()
@@ -451,7 +481,8 @@ def report(self:Run, results:dict):
                config=dict(name=self.config, seed=self.seed, data=str(Path(self.data).resolve()), **self.cfg),
                device=_device_name(), torch=torch.__version__,
                n_images={s: len(self.ds.ids(s)) for s in ('train_strong', 'train_weak', 'val')},
-               classes=self.ds.classes)
+               classes=self.ds.classes,
+               weights=self.weight_sources())
     rep['figures'] = self.write_figures(rep)
     _write_json(rep, self.out/'report.json')
     with atomic_write(self.out/'report.md', 'w') as f: f.write(report_markdown(rep))
