@@ -233,9 +233,15 @@ def run_weights(settings:dict # the effective settings of a run
 def weight_sources(self:Run)->dict:
     "Where each backbone's initial weights came from, as the report says it."
     pretrained = 'pretraining on the image labels (pretrain stage)' if self.cfg.get('pretrain') else 'random'
-    return dict(cam=str(self.weights['cam'] or 'random'),
-                dctn=str(self.weights['dctn']) if self.weights['dctn'] else pretrained,
-                seg="the CAM classifier's backbone (seg.init=cam)" if self.cfg['seg'].get('init') == 'cam' else str(self.weights['seg'] or 'random'))
+    src = dict(cam=str(self.weights['cam'] or 'random'),
+               dctn=str(self.weights['dctn']) if self.weights['dctn'] else pretrained,
+               seg="the CAM classifier's backbone (seg.init=cam)" if self.cfg['seg'].get('init') == 'cam' else str(self.weights['seg'] or 'random'))
+    if self.weights['dctn']:  # which keys of ImageNet's Twins fit DCTN's image stream as they are, adapted, or not at all
+        from trl_nb.dctn import dctn, load_twins_weights
+        c = self.refine_cfg()
+        rep = load_twins_weights(dctn('dctn1', c['dctn'], n_classes=self.ds.n_classes, **c['dctn_kw']), self.weights['dctn'], ['image'])
+        src['dctn_keys'] = dict(loaded=len(rep['loaded']), adapted=rep['adapted'], unused=rep['unused'], fresh_in_image_stream=len(rep['missing']))
+    return src
 
 # %% ../nbs/08_pipeline.ipynb #476f4f44
 @patch
