@@ -498,8 +498,8 @@ def imagenet_weights(arch:str, # 'resnet50' (torchvision), 'twins_svt_small' (ti
     "The file of `arch`'s initial weights that `spec` asks for; `DataError` (one line) when it cannot be had."
     if spec is None or spec == 'random': return None
     if spec != 'imagenet':
-        if not Path(spec).is_file(): raise DataError(f'{key}: weights file not found: {spec}')
-        return Path(spec)
+        if not Path(spec).expanduser().is_file(): raise DataError(f'{key}: weights file not found: {spec}')
+        return Path(spec).expanduser()
     import torchvision
     src, _, name = arch.rpartition(':')
     if src in ('tv', 'torchvision') or (not src and name in torchvision.models.list_models()): return _torchvision_weights(name, key)
