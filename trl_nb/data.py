@@ -457,12 +457,15 @@ def validate_data(root, # data set folder (VOC layout)
 
 # %% ../nbs/00_data.ipynb #b5461b92
 def _hint(key): return f'pass a local file with --set {key}=FILE, or --set {key}=random to start from random weights'
+def _offline()->bool: return bool(os.environ.get('TRL_OFFLINE'))  # caches only, never a download (tests, clusters without network)
 
 def _torchvision_weights(name, key):
     "The torch.hub cache file of torchvision's default ImageNet weights of `name`, downloaded there when missing."
     import torchvision, urllib.parse
     w = torchvision.models.get_model_weights(name).DEFAULT
     fn = Path(torch.hub.get_dir())/'checkpoints'/Path(urllib.parse.urlparse(w.url).path).name
+    if not fn.is_file() and _offline():
+        raise DataError(f'{key}: the ImageNet weights of {name} ({w}) are not in {fn}, and TRL_OFFLINE forbids downloads; {_hint(key)}')
     if not fn.is_file():
         try:
             fn.parent.mkdir(parents=True, exist_ok=True)
@@ -482,6 +485,7 @@ def _timm_weights(name, key):
     try: return Path(hf_hub_download(repo, fname, cache_dir=cache, local_files_only=True))  # the cache first, no network
     except Exception: pass
     try:
+        if _offline(): raise ConnectionError('TRL_OFFLINE forbids downloads')
         import socket, urllib.parse
         from huggingface_hub.constants import ENDPOINT
         socket.getaddrinfo(urllib.parse.urlparse(ENDPOINT).hostname, 443)  # offline: fail at once, not after the hub's retries
