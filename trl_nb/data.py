@@ -464,15 +464,14 @@ def _torchvision_weights(name, key):
     import torchvision, urllib.parse
     w = torchvision.models.get_model_weights(name).DEFAULT
     fn = Path(torch.hub.get_dir())/'checkpoints'/Path(urllib.parse.urlparse(w.url).path).name
-    if not fn.is_file() and _offline():
-        raise DataError(f'{key}: the ImageNet weights of {name} ({w}) are not in {fn}, and TRL_OFFLINE forbids downloads; {_hint(key)}')
-    if not fn.is_file():
-        try:
-            fn.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(w.url, str(fn), progress=False)  # through a temporary file: never half written
-        except Exception as e:
-            raise DataError(f'{key}: the ImageNet weights of {name} ({w}) are not in {fn} and cannot be downloaded from '
-                            f'{w.url} ({type(e).__name__}); {_hint(key)}') from None
+    if fn.is_file(): return fn
+    if _offline(): raise DataError(f'{key}: the ImageNet weights of {name} ({w}) are not in {fn}, and TRL_OFFLINE forbids downloads; {_hint(key)}')
+    try:
+        fn.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(w.url, str(fn), progress=False)  # through a temporary file: never half written
+    except Exception as e:
+        raise DataError(f'{key}: the ImageNet weights of {name} ({w}) are not in {fn} and cannot be downloaded from '
+                        f'{w.url} ({type(e).__name__}); {_hint(key)}') from None
     return fn
 
 def _timm_weights(name, key):
@@ -484,16 +483,16 @@ def _timm_weights(name, key):
     repo, fname, cache = cfg.hf_hub_id, cfg.hf_hub_filename or 'model.safetensors', os.environ.get('HF_HUB_CACHE')
     try: return Path(hf_hub_download(repo, fname, cache_dir=cache, local_files_only=True))  # the cache first, no network
     except Exception: pass
-    try:
-        if _offline(): raise ConnectionError('TRL_OFFLINE forbids downloads')
+    from huggingface_hub.constants import ENDPOINT, HF_HUB_CACHE
+    why = 'TRL_OFFLINE forbids downloads'
+    if not _offline():
         import socket, urllib.parse
-        from huggingface_hub.constants import ENDPOINT
-        socket.getaddrinfo(urllib.parse.urlparse(ENDPOINT).hostname, 443)  # offline: fail at once, not after the hub's retries
-        return Path(hf_hub_download(repo, fname, cache_dir=cache))
-    except Exception as e:
-        from huggingface_hub.constants import HF_HUB_CACHE
-        raise DataError(f'{key}: the pretrained weights of {name} ({repo}/{fname}) are not in the Hugging Face cache '
-                        f'{cache or HF_HUB_CACHE} and cannot be downloaded ({type(e).__name__}); {_hint(key)}') from None
+        try:
+            socket.getaddrinfo(urllib.parse.urlparse(ENDPOINT).hostname, 443)  # offline: fail at once, not after the hub's retries
+            return Path(hf_hub_download(repo, fname, cache_dir=cache))
+        except Exception as e: why = f'cannot be downloaded ({type(e).__name__})'
+    raise DataError(f'{key}: the pretrained weights of {name} ({repo}/{fname}) are not in the Hugging Face cache '
+                    f'{cache or HF_HUB_CACHE}, and {why}; {_hint(key)}')
 
 def imagenet_weights(arch:str, # 'resnet50' (torchvision), 'twins_svt_small' (timm), or either prefixed 'tv:' / 'timm:'
                      spec=None, # None or 'random': random initialisation; 'imagenet': the library's hub and cache; else a file

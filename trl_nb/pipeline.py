@@ -118,14 +118,19 @@ def check_overrides(overrides:dict):
         if bad := sorted(set(v) - known[sec]):
             raise DataError(f'unknown entry {sec}.{bad[0]}: {sec} takes {", ".join(sorted(known[sec]))}')
 
+def _seg_arch(seg:dict # the `seg` settings of a run
+             )->str|None: # None for the user's own model
+    "The backbone of the segmenter that `seg` names (`segmenter_name`)."
+    if not isinstance(model := seg.get('model', 'deeplab_largefov'), str): return None
+    return segmenter_name(model, seg.get('arch', 'resnet101'))[1]
+
 def check_settings(cfg:dict # the effective settings of a run (a preset with its overrides)
                   ):
     "Refuse, in one line, settings whose stages cannot work together, before anything is written or trained."
     seg, cam = cfg.get('seg') or {}, cfg.get('cam') or {}
-    if not isinstance(seg.get('model', 'deeplab_largefov'), str): return  # the user's own model
-    try: _, arch = segmenter_name(seg.get('model', 'deeplab_largefov'), seg.get('arch', 'resnet101'))
+    try: arch = _seg_arch(seg)
     except ValueError as e: raise DataError(f'seg.model / seg.arch: {e}') from None
-    if seg.get('init') == 'cam' and arch != cam.get('arch'):
+    if arch is not None and seg.get('init') == 'cam' and arch != cam.get('arch'):
         raise DataError(f"seg.init=cam starts the segmenters from the CAM classifier's {cam.get('arch')}, which a {arch} "
                         f"segmenter cannot load: add --set cam.arch={arch}, or --set seg.init=null (random initialisation)")
 
@@ -224,9 +229,8 @@ def run_weights(settings:dict # the effective settings of a run
             raise DataError(f"refine.pretrained=imagenet: ImageNet Twins weights exist for DCTN size {', '.join(TWINS_IMAGENET)}, not {size!r}")
         dctn = imagenet_weights(TWINS_IMAGENET[size], 'imagenet', 'refine.pretrained')
     else: dctn = imagenet_weights('twins', dctn, 'refine.pretrained')
-    seg_arch = segmenter_name(seg.get('model', 'deeplab_largefov'), seg.get('arch', 'resnet101'))[1] if isinstance(seg.get('model', ''), str) else None
     return dict(cam=cam_file, dctn=dctn,
-                seg=None if seg.get('init') == 'cam' else imagenet_weights(seg_arch, seg.get('weights'), 'seg.weights'))
+                seg=None if seg.get('init') == 'cam' else imagenet_weights(_seg_arch(seg), seg.get('weights'), 'seg.weights'))
 
 # %% ../nbs/08_pipeline.ipynb #f9cce60d
 @patch
@@ -338,7 +342,7 @@ def cam_backbone(self:Run):
     "The CAM classifier's backbone as a torchvision ResNet state-dict file, for segmenters with `init='cam'`."
     dest = self.out/'checkpoints'/'cam_backbone.pth'
     if dest.exists(): return dest
-    cam, arch = load_cam_model(self.out/'checkpoints'/'cam.pth'), segmenter_name(self.cfg['seg'].get('model', 'deeplab_largefov'), self.cfg['seg']['arch'])[1]
+    cam, arch = load_cam_model(self.out/'checkpoints'/'cam.pth'), _seg_arch(self.cfg['seg'])
     if str(cam.arch).split(':')[-1] != arch:
         raise ValueError(f"seg init='cam' needs a CAM backbone of the segmenter's architecture {arch!r}, got {cam.arch!r}")
     sd = {}  # the CAM trunk is the same ResNet trunk as an unnamed Sequential: '4.0.conv1.weight' -> 'layer1.0.conv1.weight'

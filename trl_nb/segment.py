@@ -411,10 +411,10 @@ def segmenter_learner(dls:DataLoaders, # from `segment_dls`
         if mode == 'dual' and not (isinstance(model, TrunkHeads) and len(model.heads) == 2):
             raise ValueError('the dual-branch mode needs a `TrunkHeads` model with two heads (strong, weak)')
         net = model if isinstance(model, TrunkHeads) else SingleHead(model)
-    elif segmenter_name(model, arch)[0] == 'deeplab_largefov':
-        net = DeepLabLargeFOV(n_classes, segmenter_name(model, arch)[1], weights, n_heads, nh=nh, freeze_bn=freeze_bn,
-                              output_stride=output_stride, num_stages=num_stages, dilation=dilation, dropout=dropout)
-    else: net = DeepLabV3(n_classes, segmenter_name(model, arch)[1], weights, n_heads, freeze_bn, output_stride, num_stages, rates)
+    elif (name := segmenter_name(model, arch))[0] == 'deeplab_largefov':
+        net = DeepLabLargeFOV(n_classes, name[1], weights, n_heads, nh=nh, freeze_bn=freeze_bn, output_stride=output_stride,
+                              num_stages=num_stages, dilation=dilation, dropout=dropout)
+    else: net = DeepLabV3(n_classes, name[1], weights, n_heads, freeze_bn, output_stride, num_stages, rates)
     metrics = [SegMIoU(n_classes)] if len(dls.valid) else []
     learn = Learner(dls, net.to(dls.device), loss_func=partial(branch_cross_entropy, weak_weight=weak_weight),
                     opt_func=partial(Adam, wd=wd), splitter=deeplab_splitter if isinstance(net, TrunkHeads) else trainable_params,
