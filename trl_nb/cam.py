@@ -44,10 +44,10 @@ class _LastFeature(nn.Module):
 
 # %% ../nbs/04_cam.ipynb #d1df12a9
 def dilate_resnet(m:nn.Module, # a torchvision ResNet (BasicBlock or Bottleneck)
-                  output_stride:int=16): # 8, 16 or 32
+                  output_stride:int=16): # 4, 8, 16 or 32
     "Replace the strides of the last stage(s) of `m` by dilation, in place, as torchvision's `replace_stride_with_dilation`."
-    if output_stride not in (8, 16, 32): raise ValueError(f'output_stride must be 8, 16 or 32, got {output_stride}')
-    stages = {32: [], 16: ['layer4'], 8: ['layer3', 'layer4']}[output_stride]
+    if output_stride not in (4, 8, 16, 32): raise ValueError(f'output_stride must be 4, 8, 16 or 32, got {output_stride}')
+    stages = {32: [], 16: ['layer4'], 8: ['layer3', 'layer4'], 4: ['layer2', 'layer3', 'layer4']}[output_stride]
     dil = 1
     for name in stages:
         prev, dil = dil, dil * 2

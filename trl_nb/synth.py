@@ -114,6 +114,7 @@ class Synth:
                  cooccur=0.7, # probability that the second object is the first one's partner class
                  n_clutter=3., # mean number of background distractors (Poisson)
                  background_contrast=0.5, # contrast and saturation of the background textures relative to objects
+                 clutter_contrast=1., # contrast and saturation of the distractors relative to objects (1: they look like objects)
                  colour_bias=0.8, # probability that an object wears its pair's hue (else random colours; 0: colour says nothing)
                  hue_spread=0.04, # std of an object's hue around its pair's hue
                  min_visible=0.4, # each object keeps at least this fraction of its area visible
@@ -127,6 +128,7 @@ class Synth:
         if not 1 <= max_objects <= 3: raise ValueError(f'max_objects must be in 1..3, got {max_objects}')
         if not 0 <= cooccur <= 1: raise ValueError(f'cooccur must be in [0, 1], got {cooccur}')
         if not 0 <= min_visible < 1: raise ValueError(f'min_visible must be in [0, 1), got {min_visible}')
+        if not 0 <= clutter_contrast <= 1: raise ValueError(f'clutter_contrast must be in [0, 1], got {clutter_contrast}')
         if void_width < 0 or supersample < 1: raise ValueError(f'void_width >= 0 and supersample >= 1 needed, got {void_width}, {supersample}')
         store_attr()
         self.scale = tuple(float(s) for s in scale)
@@ -177,6 +179,12 @@ def _clutter(self:Synth, rng):
     if rng.uniform() < 0.5: return shape_mask('blob', S, cy, cx, r, rng.uniform(0, 2*np.pi), rng.uniform(0.6, 1.6), rng.normal(0, 0.2, (3, 2)))
     return shape_mask('bar', S, cy, cx, r, rng.uniform(0, 2*np.pi), rng.uniform(0.7, 1.4))
 
+def _fade(img, c):
+    "`img` (..., 3) with its contrast and saturation scaled by `c` around its mean grey (c=1: unchanged)."
+    if c == 1: return img
+    grey = img.mean(-1, keepdims=True)
+    return grey.mean() + c*(grey - grey.mean()) + c*(img - grey)
+
 @patch
 def sample(self:Synth, rng)->tuple:
     "One image, (size, size, 3) uint8, and its mask, (size, size) uint8 of class indices with 255 on object borders."
@@ -193,12 +201,12 @@ def sample(self:Synth, rng)->tuple:
     img = 0.5*(texture(rng, Y, X, S/5) + texture(rng, Y, X, S/10))
     blend = smooth_field(rng, H, H, 3)[..., None]
     img = img*blend + texture(rng, Y, X, S/10)*(1 - blend)
-    grey = img.mean(-1, keepdims=True)
-    img = (grey.mean() + self.background_contrast*(grey - grey.mean()) + self.background_contrast*(img - grey)).repeat(s, 0).repeat(s, 1)
+    img = _fade(img, self.background_contrast).repeat(s, 0).repeat(s, 1)
     n_clutter = rng.poisson(self.n_clutter)
     hues = [None]*n_clutter + [self.hue(o[0], rng) if rng.uniform() < self.colour_bias else None for o in objs]
-    for (win, m, Yw, Xw), hue in zip([self._clutter(rng) for _ in range(n_clutter)] + shapes, hues):
-        img[win] = np.where(m[..., None], texture(rng, Yw, Xw, S/10, hue=hue), img[win])
+    for k, ((win, m, Yw, Xw), hue) in enumerate(zip([self._clutter(rng) for _ in range(n_clutter)] + shapes, hues)):
+        t = texture(rng, Yw, Xw, S/10, hue=hue)
+        img[win] = np.where(m[..., None], _fade(t, self.clutter_contrast) if k < n_clutter else t, img[win])
     lab = np.array([0] + [o[0] for o in objs], np.uint8)[inst]
     sub = lab.reshape(H, s, H, s).transpose(0, 2, 1, 3).reshape(H, H, s*s)
     mask, mixed = sub[..., 0].copy(), (sub != sub[..., :1]).any(-1)
@@ -256,6 +264,7 @@ def synthesize(out, # output folder (created)
     synth, out = Synth(n_classes=n_classes, size=size, **kwargs), Path(out)
     cfg = dict(seed=seed, n_strong=n_strong, n_weak=n_weak, n_val=n_val, **{k: synth.__dict__[k] for k in synth.__stored_args__})
     cfg['scale'] = list(cfg['scale'])
+    if cfg['clutter_contrast'] == 1: del cfg['clutter_contrast']  # the knob's neutral value: data sets written before it existed stay valid
     cfg_fn = out/'synth.json'
     old = json.loads(cfg_fn.read_text()) if cfg_fn.is_file() else None
     if old is not None and old != cfg and not overwrite:
@@ -284,6 +293,7 @@ def trl_synth(out:str=None, # output folder (required)
               n_clutter:float=3., # mean number of background distractors
               colour_bias:float=0.8, # probability that an object wears its class pair's hue
               background_contrast:float=0.5, # contrast of the background relative to objects
+              clutter_contrast:float=1., # contrast of the distractors relative to objects
               shape_jitter:float=0.05, # outline deformation
               void_width:int=1, # width of the void band on object borders (0 = none)
               workers:int=0, # processes
@@ -296,7 +306,7 @@ def trl_synth(out:str=None, # output folder (required)
     try:
         synthesize(out, seed=seed, n_classes=n_classes, size=size, n_strong=n_strong, n_weak=n_weak, n_val=n_val,
                    cooccur=cooccur, n_clutter=n_clutter, colour_bias=colour_bias, background_contrast=background_contrast,
-                   shape_jitter=shape_jitter, void_width=void_width,
+                   clutter_contrast=clutter_contrast, shape_jitter=shape_jitter, void_width=void_width,
                    n_workers=workers, overwrite=overwrite)
     except FileExistsError as e:  # the message names the settings that differ; point at flags, not arguments
         raise DataError(str(e).replace('use another folder or overwrite=True', 'use another --out, or --overwrite')) from None
