@@ -34,9 +34,11 @@ __all__ = ['refine_configs', 'stage_names', 'refine_config', 'round_variant', 's
 # %% ../nbs/06_refine.ipynb #85b07c61
 refine_configs = dict(
     small=dict(dctn='small', dctn_kw=dict(wss=(4, 4, 4, 4), patch_sizes=(4, 2, 1, 1)), crop=64, bs=8, epochs=30, lr=1e-3, schedule='one_cycle', decay_at=0.7, decay=0.1,
-               wd=0., scale=(0.7, 1.3), strong_maps='oof', folds=2, infer_bs=32, num_workers=0, pretrained=None, save_every=1),
+               wd=0., scale=(0.7, 1.3), strong_maps='oof', folds=2, infer_bs=32, num_workers=0, pretrained=None, save_every=1,
+               sqr_mom=0.99),
     paper=dict(dctn='svt_s', dctn_kw={}, crop=320, bs=8, epochs=150, lr=1e-4, schedule='step', decay_at=0.7, decay=0.1, wd=0.,
-               scale=(0.7, 1.3), strong_maps='self', folds=2, infer_bs=16, num_workers=4, pretrained=None, save_every=5))
+               scale=(0.7, 1.3), strong_maps='self', folds=2, infer_bs=16, num_workers=4, pretrained=None, save_every=5,
+               sqr_mom=0.999))  # Adam's beta2: Kingma & Ba's 0.999, which Sec. 4.1 does not change (fastai's default is 0.99)
 
 def refine_config(name:str='small', # a key of `refine_configs`
                   **kwargs): # overrides of its entries
@@ -95,7 +97,7 @@ def refine_learner(data:SegData, # the data set
     model = dctn(variant, cfg['dctn'], n_classes=data.n_classes, **cfg['dctn_kw'])
     if cfg['pretrained'] is not None and (streams := [s for s in model.streams if s in ('image', 'concat')]):
         load_twins_weights(model, cfg['pretrained'], streams)  # the image stream (or the concatenated one) of every variant
-    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(axis=1, ignore_index=VOID), opt_func=Adam, lr=cfg['lr'],
+    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(axis=1, ignore_index=VOID), opt_func=partial(Adam, sqr_mom=cfg['sqr_mom']), lr=cfg['lr'],
                     wd=cfg['wd'])
     if dls.device.type == 'cuda':
         learn.model.to(memory_format=torch.channels_last)

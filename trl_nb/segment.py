@@ -402,6 +402,7 @@ def segmenter_learner(dls:DataLoaders, # from `segment_dls`
                       freeze_bn:bool=None, # keep the backbone's batch norms fixed (default: when `weights` is given)
                       weak_weight:float=1., # weight of the weak head's loss (`dual`)
                       wd:float=0., # weight decay of Adam
+                      sqr_mom:float=0.99, # Adam's beta2 (fastai's default 0.99; Kingma & Ba's, the paper's reference, 0.999)
                       mixed_precision:bool=True, # bf16/fp16 autocast and channels-last on CUDA (ignored on CPU)
                       model='deeplab_largefov', # a name of `segmenter_name` ('deeplabv3_resnet50'), or the user's model (a two-head `TrunkHeads` for `dual`)
                       rates:tuple=(12, 24, 36)): # ASPP rates of `deeplabv3`
@@ -417,7 +418,7 @@ def segmenter_learner(dls:DataLoaders, # from `segment_dls`
     else: net = DeepLabV3(n_classes, name[1], weights, n_heads, freeze_bn, output_stride, num_stages, rates)
     metrics = [SegMIoU(n_classes)] if len(dls.valid) else []
     learn = Learner(dls, net.to(dls.device), loss_func=partial(branch_cross_entropy, weak_weight=weak_weight),
-                    opt_func=partial(Adam, wd=wd), splitter=deeplab_splitter if isinstance(net, TrunkHeads) else trainable_params,
+                    opt_func=partial(Adam, wd=wd, sqr_mom=sqr_mom), splitter=deeplab_splitter if isinstance(net, TrunkHeads) else trainable_params,
                     metrics=metrics)
     if mixed_precision and torch.cuda.is_available():
         learn.add_cbs([ChannelsLast(), MixedPrecision('bf16' if torch.cuda.is_bf16_supported() else 'fp16')])
@@ -438,6 +439,7 @@ def train_segmenter(data, # a `SegData`
                     schedule:str='step', # 'step' (the paper's decay) or 'one_cycle' (fastai's `fit_one_cycle`)
                     lr_decay:float=0.1, # factor of the step decay (paper: 0.1)
                     decay_at:float=0.75, # fraction of training after which the learning rate decays
+                    head_lr_mult:float=1., # learning rate of the heads / that of the backbone (`deeplab_splitter`'s two groups)
                     steps:int=None, # optimiser steps in all, spread over `epochs` (default: `epochs` full epochs)
                     seed:int=0, # random seed (same seed, same weights)
                     ckpt=None, # checkpoint file to write at the end (rank 0), see `load_segmenter`; `<ckpt>.partial` holds the fit in progress
@@ -460,10 +462,14 @@ def train_segmenter(data, # a `SegData`
     if part is not None: cbs.append(EpochCheckpoint(part, save_every))
     with fit_logging(learn, Path(ckpt).stem if ckpt else f'seg_{mode}', log_dir if rank_distrib() == 0 else None,
                      bar=not quiet, log=log and rank_distrib() == 0):
-        if schedule == 'one_cycle': learn.fit_one_cycle(epochs, lr, cbs=cbs)
+        lr_max = lr if head_lr_mult == 1 else slice(lr, lr * head_lr_mult)  # backbone, heads
+        if schedule == 'one_cycle': learn.fit_one_cycle(epochs, lr_max, cbs=cbs)
         else:
-            lrs = combine_scheds([decay_at, 1 - decay_at], [SchedNo(lr, lr), SchedNo(lr * lr_decay, lr * lr_decay)])
-            learn.fit(epochs, lr, cbs=[ParamScheduler({'lr': lrs})] + cbs)
+            if learn.opt is None: learn.create_opt()
+            learn.opt.set_hyper('lr', lr_max)
+            lr0 = np.array([h['lr'] for h in learn.opt.hypers])  # one rate per parameter group
+            lrs = combine_scheds([decay_at, 1 - decay_at], [SchedNo(lr0, lr0), SchedNo(lr0 * lr_decay, lr0 * lr_decay)])
+            learn.fit(epochs, lr_max, cbs=[ParamScheduler({'lr': lrs})] + cbs)
     if ckpt is not None and rank_distrib() == 0:
         save_segmenter(learn.model, ckpt)
         part.unlink(missing_ok=True)

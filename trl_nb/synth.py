@@ -39,6 +39,14 @@ SHAPES = dict(
     flower   = lambda u, v: _r(u, v) < 0.5 + 0.5*np.abs(np.cos(2*_phi(u, v))),
     arrow    = lambda u, v: ((np.abs(v) < 0.22) & (u > -1) & (u < 0.2)) | ((u >= 0.2) & (u < 1) & (np.abs(v) < 1.1*(1 - u))),
     moon     = lambda u, v: (_r(u, v) < 1) & (v > -0.15),
+    square   = lambda u, v: _box(u, v) < 0.8,
+    tee      = lambda u, v: ((np.abs(v + 0.6) < 0.25) & (np.abs(u) < 0.9)) | ((np.abs(u) < 0.22) & (v > -0.6) & (v < 0.9)),
+    chevron  = lambda u, v: (np.abs(v + 0.3 - 0.9*np.abs(u)) < 0.28) & (np.abs(u) < 0.9),
+    dumbbell = lambda u, v: (_r(np.abs(u) - 0.6, v) < 0.38) | ((np.abs(u) < 0.6) & (np.abs(v) < 0.14)),
+    keyhole  = lambda u, v: (_r(u, v + 0.35) < 0.45) | ((v > 0) & (v < 0.95) & (np.abs(u) < 0.15 + 0.3*v)),
+    lens     = lambda u, v: (_r(u - 0.45, v) < 0.9) & (_r(u + 0.45, v) < 0.9),
+    arc      = lambda u, v: (_r(u, v) < 1) & (_r(u, v) > 0.6) & (v > 0),
+    equals   = lambda u, v: (np.abs(np.abs(v) - 0.4) < 0.2) & (np.abs(u) < 0.9),
 )
 CLUTTER = dict(blob=lambda u, v: _r(u, v) < 1, bar=lambda u, v: (np.abs(u) < 1.4) & (np.abs(v) < 0.28))
 
