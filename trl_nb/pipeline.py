@@ -20,7 +20,7 @@ from .segment import train_segmenter, save_segmenter, load_segmenter, predict_fo
 # %% auto #0
 __all__ = ['run_configs', 'TWINS_IMAGENET', 'choose_config', 'data_identity', 'parse_overrides', 'check_overrides',
            'check_settings', 'load_config', 'clear_run', 'remove_temp_files', 'Run', 'run_weights', 'report_markdown',
-           'run_pipeline', 'show_run_config', 'trl_run', 'trl_run_main']
+           'run_pipeline', 'stage_costs', 'show_run_config', 'trl_run', 'trl_run_main']
 
 # %% ../nbs/08_pipeline.ipynb #c2ef14b3
 _cpu_seg = dict(arch='resnet18', output_stride=8, num_stages=3, dilation=2, init='cam', epochs=8, steps=640, size=64, bs=8, lr=3e-3,
@@ -43,8 +43,10 @@ run_configs = dict(
                         weights='imagenet'),
                pretrain=None,
                refine=dict(config='paper', rounds=2, pretrained='imagenet'),
-               seg=dict(arch='resnet101', epochs=32, size=328, bs=4, lr=1e-4, weights='imagenet'),
+               seg=dict(arch='resnet101', epochs=32, size=328, bs=4, lr=1e-4, weights='imagenet', sqr_mom=0.999, head_lr_mult=10),
                baselines=('sup_only', 'full_sup')))
+# the paper's recipe on a generated data set of VOC's shape: a rehearsal of its time, memory and disk
+run_configs['voc_synth'] = dict(run_configs['paper'], synth=dict(n_classes=20, size=320, n_strong=1464, n_weak=9118, n_val=1449))
 
 # %% ../nbs/08_pipeline.ipynb #e83eca0e
 def choose_config(data:SegData, # the data set
@@ -186,7 +188,7 @@ class Run:
     "One TRL run: an output folder, a configuration, the data set, and a record of each finished stage."
     def __init__(self, out, # output folder
                  data=None, # data set folder (VOC layout); None: generate the embedded data set into <out>/data
-                 config:str=None, # 'quick', 'cpu' or 'paper'; None: `choose_config`
+                 config:str=None, # 'quick', 'cpu', 'paper' or 'voc_synth'; None: `choose_config`
                  seed:int=0, # random seed of every stage
                  overrides:dict=None, # nested entries replacing those of the configuration
                  mask_dir:str='SegmentationClass', # mask folder of `data`
@@ -207,9 +209,11 @@ class Run:
             print(f'{name}: done before, skipped')
             return self.record(name)
         print(f'{name}: running')
+        if torch.cuda.is_available(): torch.cuda.reset_peak_memory_stats()
         t = time.perf_counter()
         res = dict(fn() or {})
         res['seconds'] = round(time.perf_counter() - t, 2)
+        if torch.cuda.is_available(): res['gpu_peak_gib'] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
         _write_json(res, self.progress/f'{name}.json')
         return res
 
@@ -254,7 +258,9 @@ def prepare(self:Run):
     if self.config is not None: check_settings(_merge(run_configs[self.config], self.overrides or {}))
     if self.data is None:
         cfg = _merge(run_configs[self.config or 'cpu'], self.overrides or {})  # `--set synth.*` shapes the generated data set
-        def _gen(): synthesize(self.out/'data', seed=self.seed, **cfg['synth']); return dict(generated=True)
+        n = sum(cfg['synth'].get(k, 0) for k in ('n_strong', 'n_weak', 'n_val'))
+        workers = min(os.cpu_count() or 1, 16) if n >= 2000 else 0  # VOC-sized sets in parallel: an image does not depend on the process
+        def _gen(): synthesize(self.out/'data', seed=self.seed, n_workers=workers, **cfg['synth']); return dict(generated=True)
         self.stage('data', _gen)
         self.data = self.out/'data'
     self.ds = validate_data(self.data, self.mask_dir)
@@ -515,7 +521,7 @@ def report_markdown(rep:dict)->str:
 # %% ../nbs/08_pipeline.ipynb #59a5767c
 def run_pipeline(out='runs/default', # output folder
                  data=None, # data set folder (VOC layout); None: generate the embedded data set into <out>/data
-                 config:str=None, # 'quick', 'cpu', 'paper' or a YAML file (see `load_config`); None: chosen from the data size and device
+                 config:str=None, # 'quick', 'cpu', 'paper', 'voc_synth' or a YAML file (see `load_config`); None: chosen from the data size and device
                  seed:int=0, # random seed
                  fresh:bool=False, # delete <out> first instead of resuming
                  overrides:dict=None, # nested configuration entries to replace, e.g. dict(seg=dict(epochs=4))
@@ -541,6 +547,29 @@ def run_pipeline(out='runs/default', # output folder
     for name in names: res[f'seg_{name}'] = run.run_segment(name)
     return run.report(res)
 
+# %% ../nbs/08_pipeline.ipynb #d2e7b8f4
+_STAGE_FILES = dict(data=['data'], cam=['heatmaps/cam', 'checkpoints/cam.pth'], pretrain=['checkpoints/twins_image_stream.pth'],
+                    refine=['heatmaps/round*', 'pseudo_labels', 'stages', 'checkpoints/dctn*.pth', 'checkpoints/*.json'])
+
+def _gib(paths)->float:
+    "GiB of the files under `paths` (files or folders)."
+    files = [f for p in paths for f in ([p] if p.is_file() else p.rglob('*')) if f.is_file()]
+    return sum(f.stat().st_size for f in files) / 2**30
+
+def stage_costs(out # a run folder
+               )->pd.DataFrame:
+    "Seconds, peak GPU memory (GiB, CUDA runs) and disk (GiB) of every finished stage of the run in `out`."
+    out = Path(out)
+    names = {f.stem for f in (out/'progress').glob('*.json')} - {'config'}
+    order = [n for n in _STAGE_FILES if n in names] + sorted(names - set(_STAGE_FILES), key=lambda n: (n != 'seg_trl', n))
+    rows = []
+    for name in order:
+        rec = json.loads((out/'progress'/f'{name}.json').read_text())
+        pats = _STAGE_FILES.get(name) or [f'checkpoints/{name}.pth', 'predictions' if name == 'seg_trl' else f'baselines/{name[4:]}']
+        rows.append(dict(stage=name, seconds=rec.get('seconds'), gpu_peak_gib=rec.get('gpu_peak_gib'),
+                         disk_gib=round(_gib([p for pat in pats for p in out.glob(pat)]), 4)))
+    return pd.DataFrame(rows).set_index('stage')
+
 # %% ../nbs/08_pipeline.ipynb #6c559a2f
 def show_run_config(config:str=None, # as `run_pipeline`'s
                     overrides:dict=None, # as `run_pipeline`'s
@@ -561,7 +590,7 @@ def show_run_config(config:str=None, # as `run_pipeline`'s
 @call_parse
 def trl_run(data:str=None, # data set folder in the VOC layout (default: generate the embedded data set into <out>/data)
             out:str='runs/default', # output folder; running again into it resumes
-            config:str=None, # 'cpu', 'paper', 'quick', or a YAML file of settings over one of them (default: chosen from the data size and the device)
+            config:str=None, # 'cpu', 'paper', 'quick', 'voc_synth', or a YAML file of settings over one of them (default: chosen from the data size and the device)
             set:Param('change one setting, SECTION.ENTRY=VALUE, e.g. --set seg.epochs=1 (repeatable)', str, action='append')=None,
             show_config:bool=False, # print the effective configuration (YAML) and stop
             quick:bool=False, # the 'quick' configuration: a run of about a minute on small generated data
