@@ -188,8 +188,7 @@ def _clutter(self:Synth, rng):
     return shape_mask('bar', S, cy, cx, r, rng.uniform(0, 2*np.pi), rng.uniform(0.7, 1.4))
 
 def _fade(img, c):
-    "`img` (..., 3) with its contrast and saturation scaled by `c` around its mean grey (c=1: unchanged)."
-    if c == 1: return img
+    "`img` (..., 3) with its contrast and saturation scaled by `c` around its mean grey."
     grey = img.mean(-1, keepdims=True)
     return grey.mean() + c*(grey - grey.mean()) + c*(img - grey)
 
@@ -214,7 +213,7 @@ def sample(self:Synth, rng)->tuple:
     hues = [None]*n_clutter + [self.hue(o[0], rng) if rng.uniform() < self.colour_bias else None for o in objs]
     for k, ((win, m, Yw, Xw), hue) in enumerate(zip([self._clutter(rng) for _ in range(n_clutter)] + shapes, hues)):
         t = texture(rng, Yw, Xw, S/10, hue=hue)
-        img[win] = np.where(m[..., None], _fade(t, self.clutter_contrast) if k < n_clutter else t, img[win])
+        img[win] = np.where(m[..., None], _fade(t, self.clutter_contrast) if k < n_clutter and self.clutter_contrast != 1 else t, img[win])
     lab = np.array([0] + [o[0] for o in objs], np.uint8)[inst]
     sub = lab.reshape(H, s, H, s).transpose(0, 2, 1, 3).reshape(H, H, s*s)
     mask, mixed = sub[..., 0].copy(), (sub != sub[..., :1]).any(-1)
