@@ -209,11 +209,12 @@ class Run:
             print(f'{name}: done before, skipped')
             return self.record(name)
         print(f'{name}: running')
-        if torch.cuda.is_available(): torch.cuda.reset_peak_memory_stats()
+        cuda = torch.cuda.is_available()
+        if cuda: torch.cuda.reset_peak_memory_stats()
         t = time.perf_counter()
         res = dict(fn() or {})
         res['seconds'] = round(time.perf_counter() - t, 2)
-        if torch.cuda.is_available(): res['gpu_peak_gib'] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+        if cuda: res['gpu_peak_gib'] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
         _write_json(res, self.progress/f'{name}.json')
         return res
 

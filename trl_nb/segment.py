@@ -20,12 +20,13 @@ from fastai.data.core import DataLoaders
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.channelslast import ChannelsLast
-from fastai.callback.schedule import ParamScheduler, SchedNo, combine_scheds
+from fastai.callback.schedule import ParamScheduler
 from fastai.learner import Learner, Metric
 from fastai.optimizer import Adam
 from .data import VOID, fit_logging, EpochCheckpoint, save_mask, load_mask, atomic_write, image_tensor, colorize, JointAugment, SegDataset, pad_collate
 from .metrics import ConfusionMatrix
 from .cam import dilate_resnet
+from .refine import step_schedule
 
 # %% auto #0
 __all__ = ['RESNETS', 'RESNET_TRUNK', 'STRONG', 'WEAK', 'SEGMENTERS', 'MODES', 'PAPER_SEGMENTER', 'load_imagenet_weights',
@@ -468,8 +469,7 @@ def train_segmenter(data, # a `SegData`
             if learn.opt is None: learn.create_opt()
             learn.opt.set_hyper('lr', lr_max)
             lr0 = np.array([h['lr'] for h in learn.opt.hypers])  # one rate per parameter group
-            lrs = combine_scheds([decay_at, 1 - decay_at], [SchedNo(lr0, lr0), SchedNo(lr0 * lr_decay, lr0 * lr_decay)])
-            learn.fit(epochs, lr_max, cbs=[ParamScheduler({'lr': lrs})] + cbs)
+            learn.fit(epochs, lr_max, cbs=[ParamScheduler({'lr': step_schedule(lr0, decay_at, lr_decay)})] + cbs)
     if ckpt is not None and rank_distrib() == 0:
         save_segmenter(learn.model, ckpt)
         part.unlink(missing_ok=True)
