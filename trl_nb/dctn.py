@@ -56,6 +56,8 @@ dctn_cfgs = dict(
     svt_s=DCTNConfig(),
     small=DCTNConfig(embed_dims=(32, 64, 128, 256), num_heads=(1, 2, 4, 8), depths=(2, 2, 2, 2), sr_ratios=(4, 2, 1, 1),
                      warmup_chans=32, low_chans=32, fpn_dim=64),
+    cpu=DCTNConfig(embed_dims=(32, 64, 128, 256), num_heads=(1, 2, 4, 8), depths=(2, 2, 2, 2), sr_ratios=(4, 2, 1, 1),
+                   patch_sizes=(4, 2, 1, 1), wss=(4, 4, 4, 4), warmup_chans=32, low_chans=32, fpn_dim=64),
     tiny=DCTNConfig(embed_dims=(16, 32, 32, 32), num_heads=(1, 2, 2, 2), depths=(2, 2, 1, 1), wss=(2, 2, 2, 2),
                     sr_ratios=(2, 1, 1, 1), warmup_chans=8, low_chans=8, fpn_dim=16))
 
@@ -435,7 +437,7 @@ dctn_variants = dict(
     stn_concat=dict(inputs='concat'))              # Table 2: ... on both, concatenated
 
 def dctn(variant:str='dctn1', # a key of `dctn_variants`
-         size:str|DCTNConfig='small', # a key of `dctn_cfgs` ('small', 'svt_s') or a config
+         size:str|DCTNConfig='svt_s', # a key of `dctn_cfgs` ('svt_s', 'small', 'cpu', 'tiny') or a config
          n_classes:int=21, # output classes, background included
          heat_chans:int|None=None, # heat-map channels (None: `n_classes`)
          **overrides): # `DCTNConfig` fields and `DCTN` arguments
@@ -445,7 +447,7 @@ def dctn(variant:str='dctn1', # a key of `dctn_variants`
     kw = {**dctn_variants[variant], **{k: v for k, v in overrides.items() if k not in names}}
     return DCTN(n_classes, heat_chans, dctn_config(size, **overrides), **kw)
 
-def dctn_config(size:str|DCTNConfig='small', # a key of `dctn_cfgs` or a config
+def dctn_config(size:str|DCTNConfig='svt_s', # a key of `dctn_cfgs` or a config
                 **overrides): # `DCTNConfig` fields to replace (other entries are ignored)
     "The architecture `size` with `overrides` applied"
     if isinstance(size, str):

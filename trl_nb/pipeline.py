@@ -345,7 +345,7 @@ def run_refine(self:Run):
 def pred_dir(self:Run, name:str): return self.out/'predictions' if name == 'trl' else self.out/'baselines'/name/'predictions'
 
 @patch
-def cam_backbone(self:Run):
+def seg_init_weights(self:Run):
     "The CAM classifier's backbone as a torchvision ResNet state-dict file, for segmenters with `init='cam'`."
     dest = self.out/'checkpoints'/'cam_backbone.pth'
     if dest.exists(): return dest
@@ -384,7 +384,7 @@ def run_segment(self:Run, name:str # 'trl', 'sup_only', 'naive', 'cam' or 'full_
     def _run():
         pseudo = dict(trl=self.out/'pseudo_labels', naive=self.out/'pseudo_labels').get(name)
         if name == 'cam': pseudo = self.cam_pseudo_labels()
-        if c.pop('init', None) == 'cam': c['weights'] = str(self.cam_backbone())
+        if c.pop('init', None) == 'cam': c['weights'] = str(self.seg_init_weights())
         else: c['weights'] = None if self.weights['seg'] is None else str(self.weights['seg'])
         if mode != 'dual': c.pop('strong_frac', None)
         ck = self.out/'checkpoints'/f'seg_{name}.pth'
