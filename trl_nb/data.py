@@ -16,10 +16,10 @@ from fastai.torch_core import default_device
 
 # %% auto #0
 __all__ = ['VOID', 'atomic_write', 'cli_parser', 'run_cli', 'interactive', 'epoch_logger', 'tensorboard_cb', 'fit_logging',
-           'EpochCheckpoint', 'voc_palette', 'save_mask', 'load_mask', 'load_image', 'save_heatmap', 'load_heatmap',
-           'SegData', 'DataError', 'validate_data', 'imagenet_weights', 'image_tensor', 'decode_image', 'colorize',
-           'JointAugment', 'MaskReader', 'HeatmapReader', 'ClsDataset', 'SegDataset', 'RefineDataset', 'pad_collate',
-           'cls_dls', 'refine_dls', 'seg_dls']
+           'EpochCheckpoint', 'voc_palette', 'save_mask', 'load_mask', 'load_image', 'quantize_heatmap', 'save_heatmap',
+           'load_heatmap', 'SegData', 'DataError', 'validate_data', 'imagenet_weights', 'image_tensor', 'decode_image',
+           'colorize', 'JointAugment', 'MaskReader', 'HeatmapReader', 'ClsDataset', 'SegDataset', 'RefineDataset',
+           'pad_collate', 'cls_dls', 'refine_dls', 'seg_dls']
 
 # %% ../nbs/00_data.ipynb #32d4406b
 VOID = 255  # mask value of ignored pixels (object borders in VOC, padding after a crop)
@@ -227,20 +227,86 @@ def load_image(path, # any image PIL reads (JPEG, PNG, ...)
     return np.array(_open_image(path, 'image').convert('RGB'), dtype=np.uint8)
 
 # %% ../nbs/00_data.ipynb #4c8cae25
+_HEAT_LEVELS = 240  # a compact map's value is q / 240 (q uint8); 0.05 = 12/240 puts CAM's thresholds on the grid
+
+def _heat_values(q): return np.asarray(q).astype(np.float32) / np.float32(_HEAT_LEVELS)
+
+def _quantize_up(h):
+    "The least level q with `q / 240 >= h` in float32: comparisons with thresholds on the grid are kept."
+    q = np.ceil(h.astype(np.float64) * _HEAT_LEVELS)     # exact: a float32 times 240 fits a float64
+    q -= (q > 0) & (_heat_values(np.maximum(q - 1, 0)) >= h)  # (q-1)/240 may round up to h in float32
+    return q.astype(np.uint8)
+
+def _keep_first_max(q, keep, lo, a):
+    "Lower one level the channels (>= `lo`) that tie with, and come before, the float map's first maximum `a`."
+    sel = keep >= lo
+    if not sel.any(): return
+    qs = q[sel]
+    qa = np.where(qs.max(0) > 0, keep[sel][qs.argmax(0)], a)   # all zero there: the float map is zero too
+    y, x = np.nonzero(qa != a)
+    if not y.size: return
+    ay = a[y, x]
+    col = q[:, y, x]                                          # (kept channels, pixels to fix)
+    top = col[np.searchsorted(keep, ay), np.arange(len(y))]   # `a` is kept: it is > 0 at those pixels
+    col[(col == top) & sel[:, None] & (keep[:, None] < ay)] -= 1
+    q[:, y, x] = col
+
+def quantize_heatmap(h:np.ndarray, # (C, H, W) float32 in [0, 1]
+                    )->tuple: # (channels (K,) int, levels (K, H, W) uint8)
+    "The channels that are not zero, as levels of 1/240, with the argmax over all and over foreground channels kept."
+    C = len(h)
+    keep = np.flatnonzero(h.reshape(C, -1).max(1, initial=0.) > 0)
+    q = _quantize_up(h[keep])
+    if C > 1 and len(keep) > 1:
+        a_fg = h[1:].argmax(0) + 1
+        a_all = np.where(h[0] >= np.take_along_axis(h, a_fg[None], 0)[0], 0, a_fg)   # numpy's argmax: the first maximum
+        _keep_first_max(q, keep, 0, a_all)
+        _keep_first_max(q, keep, 1, a_fg)
+    return keep, q
+
+def _diff2(q):
+    "Differences along x, then along y, mod 256 (uint8): smooth maps become runs of small numbers."
+    d = q.copy()
+    d[..., 1:] = np.diff(q, axis=-1)
+    d[..., 1:, :] = np.diff(d, axis=-2)
+    return d
+
+def _undiff2(d):
+    "Inverse of `_diff2`."
+    return np.cumsum(np.cumsum(d, axis=-2, dtype=np.uint8), axis=-1, dtype=np.uint8)
+
 def save_heatmap(h, # (C, H, W) float array or tensor with values in [0, 1]
                  path, # destination .npz
+                 compact:bool=True, # the channels that are not zero, as uint8 levels (see above); False: all, float16
                 ):
-    "Save a heat map as compressed float16 `.npz`, atomically."
+    "Save a heat map as a compressed `.npz`, atomically."
     if isinstance(h, torch.Tensor): h = h.detach().float().cpu().numpy()
     h = np.asarray(h, dtype=np.float32)
     if h.ndim != 3: raise ValueError(f'{path}: a heat map must be (C, H, W), got shape {h.shape}')
     if not np.isfinite(h).all(): raise ValueError(f'{path}: heat map has NaN or inf values')
     if h.size and (h.min() < -1e-3 or h.max() > 1 + 1e-3):
         raise ValueError(f'{path}: heat map values must lie in [0, 1], got [{h.min():.3g}, {h.max():.3g}]')
-    with atomic_write(path) as f: np.savez_compressed(f, heatmap=np.clip(h, 0, 1).astype(np.float16))
+    h = np.clip(h, 0, 1)
+    if not compact:
+        with atomic_write(path) as f: np.savez_compressed(f, heatmap=h.astype(np.float16))
+        return
+    ch, q = quantize_heatmap(h)
+    with atomic_write(path) as f:
+        np.savez_compressed(f, heatmap_u8=_diff2(q), channels=ch.astype(np.int32), n_channels=np.int32(len(h)))
 
 # %% ../nbs/00_data.ipynb #431cdcee
-def load_heatmap(path, # a `.npz` written by `save_heatmap`
+def _decode_compact(z):
+    "The (C, H, W) float32 map of a compact file's arrays, zeros in the channels it leaves out."
+    d, ch, C = z['heatmap_u8'], z['channels'], int(z['n_channels'])
+    if d.dtype != np.uint8 or d.ndim != 3 or ch.shape != (len(d),):
+        raise ValueError(f'heatmap_u8 {d.dtype} {d.shape} does not match channels {ch.shape}')
+    if len(ch) and (ch.min() < 0 or ch.max() >= C or (np.diff(ch) <= 0).any()):
+        raise ValueError(f'channels {ch.tolist()} are not increasing indices below n_channels={C}')
+    h = np.zeros((C, *d.shape[1:]), np.float32)
+    h[ch] = _heat_values(_undiff2(d))
+    return h
+
+def load_heatmap(path, # a `.npz` written by `save_heatmap` (compact or float16)
                  n_channels=None, # when given, the expected channel count C
                  size=None, # when given, the expected (H, W)
                 )->np.ndarray: # (C, H, W) float32
@@ -248,14 +314,16 @@ def load_heatmap(path, # a `.npz` written by `save_heatmap`
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f'heat map not found: {path}')
     try:
-        with np.load(path) as z: h = z['heatmap'] if 'heatmap' in z.files else z[z.files[0]]
+        with np.load(path) as z:
+            if 'heatmap_u8' in z.files: h = _decode_compact(z)
+            else: h = z['heatmap'] if 'heatmap' in z.files else z[z.files[0]]
     except Exception as e: raise ValueError(f'cannot read heat map {path}: {e}') from e
     if h.ndim != 3: raise ValueError(f'heat map {path} must be (C, H, W), got shape {h.shape}')
     if n_channels is not None and h.shape[0] != n_channels:
         raise ValueError(f'heat map {path} has {h.shape[0]} channels, expected {n_channels} (one per class, background included)')
     if size is not None and tuple(h.shape[1:]) != tuple(size):
         raise ValueError(f'heat map {path} has size {tuple(h.shape[1:])}, expected {tuple(size)} (the image size)')
-    return h.astype(np.float32)
+    return h.astype(np.float32, copy=False)
 
 # %% ../nbs/00_data.ipynb #87678ed1
 class SegData:
