@@ -11,11 +11,11 @@ from PIL import Image
 from fastcore.basics import store_attr, patch
 from fastcore.parallel import parallel
 from fastcore.script import call_parse
-from .data import VOID, DataError, run_cli, atomic_write, save_mask, load_mask
+from .data import VOID, DataError, run_cli, atomic_write, save_mask, load_mask, SegData
 
 # %% auto #0
 __all__ = ['SHAPES', 'CLUTTER', 'SPLITS', 'shape_mask', 'random_colour', 'smooth_field', 'texture', 'Synth', 'mask_labels',
-           'image_rng', 'split_ids', 'synthesize', 'trl_synth', 'trl_synth_main']
+           'image_rng', 'split_ids', 'synthesize', 'trl_synth', 'trl_synth_main', 'synth_fixture']
 
 # %% ../nbs/01_synth.ipynb #4f1a7dcd
 def _triangle(u, v):
@@ -324,3 +324,28 @@ def trl_synth(out:str=None, # output folder (required)
 def trl_synth_main():
     "Console entry point of `trl_synth`: one line and exit status 2 for bad options or a folder holding other settings."
     run_cli(trl_synth)
+
+# %% ../nbs/01_synth.ipynb #2892c7ea
+def synth_fixture(out, # folder to create (a rerun with the same arguments reuses it)
+                  n_strong:int=8, n_weak:int=8, n_val:int=4, # images per split
+                  size:int=40, # image side (pixels)
+                  n_classes:int=2, # object classes (background excluded)
+                  ragged:bool=False, # crop every other image to (size - 16) x size: mixed image sizes, as in VOC
+                  seed:int=0, # random seed
+                  **kwargs, # further `Synth` knobs
+                 )->SegData:
+    "The small data set that tests and demos use: `synthesize` with few small images, optionally of two sizes."
+    out = synthesize(out, seed=seed, n_classes=n_classes, size=size, n_strong=n_strong, n_weak=n_weak, n_val=n_val, **kwargs)
+    if ragged:
+        labels, classes = json.loads((out/'image_labels.json').read_text()), SegData(out).classes
+        for id in list(labels)[1::2]:
+            img_fn, mask_fn = out/'JPEGImages'/f'{id}.png', out/'SegmentationClass'/f'{id}.png'
+            m = load_mask(mask_fn)
+            if m.shape[0] == size:  # not cropped yet
+                img = np.array(Image.open(img_fn).convert('RGB'))[:size - 16]
+                with atomic_write(img_fn) as f: Image.fromarray(img).save(f, format='PNG')
+                m = m[:size - 16]; save_mask(m, mask_fn)
+            labels[id] = mask_labels(m, classes)
+        _write_text(out/'image_labels.json', json.dumps(labels, indent=1) + '\n')
+    return SegData(out)
+
