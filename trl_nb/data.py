@@ -16,10 +16,11 @@ from fastai.torch_core import default_device
 
 # %% auto #0
 __all__ = ['VOID', 'atomic_write', 'cli_parser', 'run_cli', 'interactive', 'epoch_logger', 'tensorboard_cb', 'fit_logging',
-           'EpochCheckpoint', 'voc_palette', 'save_mask', 'load_mask', 'load_image', 'quantize_heatmap', 'save_heatmap',
-           'load_heatmap', 'SegData', 'DataError', 'validate_data', 'imagenet_weights', 'image_tensor', 'decode_image',
-           'colorize', 'JointAugment', 'MaskReader', 'HeatmapReader', 'ClsDataset', 'SegDataset', 'RefineDataset',
-           'pad_collate', 'cls_dls', 'refine_dls', 'seg_dls']
+           'EpochCheckpoint', 'write_json', 'read_json', 'voc_palette', 'save_mask', 'load_mask', 'load_image',
+           'quantize_heatmap', 'save_heatmap', 'load_heatmap', 'SegData', 'DataError', 'validate_data',
+           'imagenet_weights', 'image_tensor', 'colorize', 'JointAugment', 'MaskReader', 'HeatmapReader', 'ClsDataset',
+           'SegDataset', 'RefineDataset', 'pad_collate', 'size_batches', 'ImageBatches', 'autocast', 'cls_dls',
+           'refine_dls']
 
 # %% ../nbs/00_data.ipynb #32d4406b
 VOID = 255  # mask value of ignored pixels (object borders in VOC, padding after a crop)
@@ -171,6 +172,17 @@ class EpochCheckpoint(Callback):
         with atomic_write(self.path) as f: torch.save(state, f)
 
     def after_fit(self): self.learn.logger = self._inner
+
+# %% ../nbs/00_data.ipynb #af2354c2
+def write_json(obj, # a JSON-serialisable object (numpy scalars are written as floats)
+               path): # destination file
+    "Write `obj` as indented JSON, atomically: the record every stage leaves behind."
+    with atomic_write(path, 'w') as f: json.dump(obj, f, indent=1, default=float)
+
+def read_json(path): # a file written by `write_json`
+    "The object in `path`."
+    return json.loads(Path(path).read_text())
+
 
 # %% ../nbs/00_data.ipynb #aedc3ea6
 def voc_palette(n=256):
@@ -584,11 +596,6 @@ def image_tensor(img # (H, W, 3) uint8 image
     "Image array -> normalised float tensor."
     return (torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255) - _MEAN) / _STD
 
-def decode_image(t # (3, H, W) normalised tensor
-                )->np.ndarray: # (H, W, 3) uint8
-    "Normalised tensor -> image array (inverse of `image_tensor`)."
-    return (t.detach().cpu().float() * _STD + _MEAN).clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
-
 def colorize(mask # (H, W) integer array or tensor of class indices
             )->np.ndarray: # (H, W, 3) uint8
     "Paint a mask with the VOC colour map."
@@ -694,23 +701,21 @@ class SegDataset(torch.utils.data.Dataset):
         return self.aug(x, m) if self.aug else (x, m)
 
 class RefineDataset(torch.utils.data.Dataset):
-    "Items (image, heat map, mask long[, labels]) for refinement learning."
+    "Items (image, heat map, mask long) for refinement learning."
     def __init__(self, data, # a `SegData`
                  ids, # image ids
                  heatmaps, # heat map source, see `HeatmapReader`
                  aug=None, # a `JointAugment`, or None
                  masks=None, # mask source, see `MaskReader`
-                 with_labels=False, # also return image labels, float (n_classes,) with the background column
                 ):
-        store_attr('data,ids,aug,with_labels')
+        store_attr('data,ids,aug')
         self.read_heatmap, self.read_mask = HeatmapReader(data, heatmaps), MaskReader(data, masks)
     def __len__(self): return len(self.ids)
     def __getitem__(self, i):
         id = self.ids[i]
         x, h = image_tensor(self.data.image(id)), torch.from_numpy(self.read_heatmap(id))
         m = torch.from_numpy(self.read_mask(id)).long()
-        out = self.aug(x, h, m) if self.aug else (x, h, m)
-        return (*out, torch.from_numpy(self.data.labels(id).astype(np.float32))) if self.with_labels else out
+        return self.aug(x, h, m) if self.aug else (x, h, m)
 
 # %% ../nbs/00_data.ipynb #25b88de1
 def pad_collate(items # list of tuples of tensors
@@ -725,6 +730,38 @@ def pad_collate(items # list of tuples of tensors
             ts = [F.pad(t, (0, W - t.shape[-1], 0, H - t.shape[-2]), value=0 if t.is_floating_point() else VOID) for t in ts]
         out.append(torch.stack(ts))
     return tuple(out)
+
+# %% ../nbs/00_data.ipynb #e0602632
+def size_batches(data:SegData, ids:list, bs:int):
+    "`ids` grouped into lists of at most `bs` images of one size, in order of first appearance."
+    groups = {}
+    for i in ids: groups.setdefault(data.size(i), []).append(i)
+    return [g[k:k + bs] for g in groups.values() for k in range(0, len(g), bs)]
+
+class ImageBatches(torch.utils.data.Dataset):
+    "Inference batches of same-sized images: item k is (ids, normalised images (B, 3, H, W), *one stack per reader)."
+    def __init__(self, data:SegData, # the data set
+                 ids:list, # images to read
+                 bs:int, # images per batch
+                 *readers): # callables id -> array, e.g. `data.labels` or a heat-map reader
+        self.data, self.batches, self.readers = data, size_batches(data, ids, bs), readers
+    def __len__(self): return len(self.batches)
+    def __getitem__(self, k):
+        ids = self.batches[k]
+        return (ids, torch.stack([image_tensor(self.data.image(i)) for i in ids]),
+                *(torch.stack([torch.as_tensor(np.asarray(r(i))) for i in ids]) for r in self.readers))
+
+    def loader(self, num_workers:int=0): # reading worker processes
+        "A `DataLoader` over the batches (one item per batch, so reading can run in workers)."
+        return torch.utils.data.DataLoader(self, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available())
+
+
+# %% ../nbs/00_data.ipynb #2df26018
+def autocast(device): # a `torch.device` (or its name)
+    "Mixed precision for inference on CUDA (bfloat16 where the GPU has it, else float16); a no-op context elsewhere."
+    if torch.device(device).type != 'cuda': return contextlib.nullcontext()
+    return torch.autocast('cuda', dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+
 
 # %% ../nbs/00_data.ipynb #646481d6
 def _loaders(train_ds, valid_ds, bs, valid_bs, num_workers, device):
@@ -756,33 +793,15 @@ def refine_dls(data, # a `SegData`
                bs=8, # batch size (paper: 8)
                train_split='train_strong', # training split (images with masks)
                valid_split='val', # validation split (None: empty)
-               valid_heatmaps=None, # heat maps of the validation split (default: `heatmaps`)
-               with_labels=False, # add image labels (n_classes,) to each item
                scale=(0.7, 1.3), # random rescale range (None: off)
                flip=True, # random horizontal flip
                valid_bs=None, # validation batch size (default `bs`)
                num_workers=0, # loader worker processes
                device=None, # batch device (default: GPU when available)
               )->DataLoaders:
-    "DataLoaders of (image, heat map, mask[, labels]) for refinement learning on the strong images."
+    "DataLoaders of (image, heat map, mask) for refinement learning on the strong images."
     valid = data.ids(valid_split) if valid_split else []
-    return _loaders(RefineDataset(data, data.ids(train_split), heatmaps, JointAugment(size, scale, flip), with_labels=with_labels),
-                    RefineDataset(data, valid, valid_heatmaps or heatmaps, with_labels=with_labels),
+    return _loaders(RefineDataset(data, data.ids(train_split), heatmaps, JointAugment(size, scale, flip)),
+                    RefineDataset(data, valid, heatmaps),
                     bs, valid_bs, num_workers, device)
 
-def seg_dls(data, # a `SegData`
-            size=328, # crop size (paper: 328)
-            bs=4, # batch size (paper: 4)
-            train_split='train_strong', # training split
-            valid_split='val', # validation split (None: empty)
-            masks=None, # training masks: None (`data.mask`), a folder of <id>.png (pseudo labels) or a callable
-            scale=(0.7, 1.3), # random rescale range (None: off)
-            flip=True, # random horizontal flip
-            valid_bs=None, # validation batch size (default `bs`)
-            num_workers=0, # loader worker processes
-            device=None, # batch device (default: GPU when available)
-           )->DataLoaders:
-    "DataLoaders of (image, mask) for the segmentation network."
-    valid = data.ids(valid_split) if valid_split else []
-    return _loaders(SegDataset(data, data.ids(train_split), JointAugment(size, scale, flip), masks), SegDataset(data, valid),
-                    bs, valid_bs, num_workers, device)
