@@ -15,7 +15,7 @@ from .metrics import evaluate_folder
 from .synth import synthesize
 from .cam import cam_learner, train_cam, extract_cams, save_cam_model, load_cam_model, cam_threshold_sweep, cam_to_labels
 from .refine import refine, refine_config, pretrain_image_stream, evaluate_stages, stage_names, refine_configs
-from .segment import train_segmenter, save_segmenter, load_segmenter, predict_folder, plot_segmentations, segmenter_name, RESNET_TRUNK
+from .segment import train_segmenter, save_segmenter, load_segmenter, predict_folder, plot_segmentations, segmenter_name, RESNET_TRUNK, PAPER_SEGMENTER
 
 # %% auto #0
 __all__ = ['run_configs', 'TWINS_IMAGENET', 'choose_config', 'data_identity', 'parse_overrides', 'check_overrides',
@@ -43,7 +43,7 @@ run_configs = dict(
                         weights='imagenet'),
                pretrain=None,
                refine=dict(config='paper', rounds=2, pretrained='imagenet'),
-               seg=dict(arch='resnet101', epochs=32, size=328, bs=4, lr=1e-4, weights='imagenet', sqr_mom=0.999, head_lr_mult=10),
+               seg=dict(PAPER_SEGMENTER, weights='imagenet'),
                baselines=('sup_only', 'full_sup')))
 # the paper's recipe on a generated data set of VOC's shape: a rehearsal of its time, memory and disk
 run_configs['voc_synth'] = dict(run_configs['paper'], synth=dict(n_classes=20, size=320, n_strong=1464, n_weak=9118, n_val=1449))

@@ -426,19 +426,21 @@ def segmenter_learner(dls:DataLoaders, # from `segment_dls`
     return learn
 
 # %% ../nbs/07_segment.ipynb #7a1b1bba
-PAPER_SEGMENTER = dict(arch='resnet101', size=328, bs=4, epochs=32, lr=1e-4)  # Sec. 4.1, VOC (COCO: 10 epochs)
+# Sec. 4.1 on VOC (COCO: 10 epochs), the one place these values live: `train_segmenter`'s defaults and `run_configs['paper']` read them.
+# sqr_mom (Adam's beta2 of Kingma & Ba) and head_lr_mult (DeepLab's 10x for heads learnt from scratch) fill what Sec. 4.1 leaves open.
+PAPER_SEGMENTER = dict(arch='resnet101', size=328, bs=4, epochs=32, lr=1e-4, schedule='step', lr_decay=0.1, sqr_mom=0.999, head_lr_mult=10)
 
 def train_segmenter(data, # a `SegData`
                     pseudo_dir=None, # folder of `<id>.png` pseudo masks of the weak images (`dual`, `naive`)
                     mode:str='dual', # 'dual' (SWDN), 'sup_only', 'naive' or 'full_sup' (oracle)
-                    arch:str='resnet101', # torchvision ResNet of the backbone
+                    arch:str=PAPER_SEGMENTER['arch'], # torchvision ResNet of the backbone
                     weights=None, # local ImageNet state-dict file of the backbone
-                    epochs:int=32, # epochs (paper: 32 on VOC, 10 on COCO)
-                    bs:int=4, # batch size per process (paper: 4)
-                    size:int=328, # training crop size (paper: 328)
-                    lr:float=1e-4, # Adam's initial (`step`) or peak (`one_cycle`) learning rate (paper: 1e-4)
-                    schedule:str='step', # 'step' (the paper's decay) or 'one_cycle' (fastai's `fit_one_cycle`)
-                    lr_decay:float=0.1, # factor of the step decay (paper: 0.1)
+                    epochs:int=PAPER_SEGMENTER['epochs'], # epochs (paper: 32 on VOC, 10 on COCO)
+                    bs:int=PAPER_SEGMENTER['bs'], # batch size per process
+                    size:int=PAPER_SEGMENTER['size'], # training crop size
+                    lr:float=PAPER_SEGMENTER['lr'], # Adam's initial (`step`) or peak (`one_cycle`) learning rate
+                    schedule:str=PAPER_SEGMENTER['schedule'], # 'step' (the paper's decay) or 'one_cycle' (fastai's `fit_one_cycle`)
+                    lr_decay:float=PAPER_SEGMENTER['lr_decay'], # factor of the step decay
                     decay_at:float=0.75, # fraction of training after which the learning rate decays
                     head_lr_mult:float=1., # learning rate of the heads / that of the backbone (`deeplab_splitter`'s two groups)
                     steps:int=None, # optimiser steps in all, spread over `epochs` (default: `epochs` full epochs)
