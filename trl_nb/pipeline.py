@@ -10,7 +10,7 @@ import numpy as np, pandas as pd, torch
 from fastcore.basics import store_attr, patch
 from fastcore.script import call_parse, Param
 from fastai.torch_core import set_seed
-from .data import DataError, run_cli, fit_logging, validate_data, SegData, atomic_write, load_image, load_heatmap, load_mask, save_mask, colorize, voc_palette, imagenet_weights
+from .data import DataError, write_json, run_cli, fit_logging, validate_data, SegData, atomic_write, load_image, load_heatmap, load_mask, save_mask, colorize, voc_palette, imagenet_weights
 from .metrics import evaluate_folder
 from .synth import synthesize
 from .cam import cam_learner, train_cam, extract_cams, save_cam_model, load_cam_model, cam_threshold_sweep, cam_to_labels
@@ -78,7 +78,7 @@ def _differences(old:dict, new:dict, limit:int=3)->str:
     diff = [f'{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     return ', '.join(diff[:limit]) + (f' and {len(diff) - limit} more' if len(diff) > limit else '')
 
-# %% ../nbs/08_pipeline.ipynb #35295612
+# %% ../nbs/08_pipeline.ipynb #6805ccd1
 def _known_keys()->dict:
     "The entries each section of a run configuration accepts: the presets' entries and the parameters of the functions they feed."
     import inspect
@@ -110,6 +110,7 @@ def parse_overrides(items:list, # 'section.entry=value' strings, e.g. `['seg.epo
         d[last] = v
     return out
 
+# %% ../nbs/08_pipeline.ipynb #9fc26fb7
 def check_overrides(overrides:dict):
     "Refuse, in one line, overrides naming a section or an entry that no stage reads (a typo would be ignored otherwise)."
     known = _known_keys()
@@ -126,6 +127,7 @@ def _seg_arch(seg:dict # the `seg` settings of a run
     if not isinstance(model := seg.get('model', 'deeplab_largefov'), str): return None
     return segmenter_name(model, seg.get('arch', 'resnet101'))[1]
 
+# %% ../nbs/08_pipeline.ipynb #a40fe0d4
 def check_settings(cfg:dict # the effective settings of a run (a preset with its overrides)
                   ):
     "Refuse, in one line, settings whose stages cannot work together, before anything is written or trained."
@@ -136,6 +138,7 @@ def check_settings(cfg:dict # the effective settings of a run (a preset with its
         raise DataError(f"seg.init=cam starts the segmenters from the CAM classifier's {cam.get('arch')}, which a {arch} "
                         f"segmenter cannot load: add --set cam.arch={arch}, or --set seg.init=null (random initialisation)")
 
+# %% ../nbs/08_pipeline.ipynb #599031b1
 def load_config(config:str=None, # a preset name (`run_configs`), a YAML/JSON file, or None
                )->tuple: # (preset name or None, overrides)
     "The preset and overrides that `config` names. A file holds a mapping shaped like a preset; its `base` entry names the preset it overrides (default 'cpu')."
@@ -174,16 +177,14 @@ def remove_temp_files(out):
     for p in Path(out).rglob('.*.tmp') if Path(out).is_dir() else []:
         if p.is_file(): p.unlink()
 
-# %% ../nbs/08_pipeline.ipynb #381efc7f
-def _write_json(obj, path):
-    with atomic_write(path, 'w') as f: json.dump(obj, f, indent=1, default=float)
-
+# %% ../nbs/08_pipeline.ipynb #0a18d78b
 def _merge(base:dict, over:dict)->dict:
     "`base` with the entries of `over`, nested dicts merged."
     out = dict(base)
     for k, v in over.items(): out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
+# %% ../nbs/08_pipeline.ipynb #3c39a499
 class Run:
     "One TRL run: an output folder, a configuration, the data set, and a record of each finished stage."
     def __init__(self, out, # output folder
@@ -215,7 +216,7 @@ class Run:
         res = dict(fn() or {})
         res['seconds'] = round(time.perf_counter() - t, 2)
         if cuda: res['gpu_peak_gib'] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-        _write_json(res, self.progress/f'{name}.json')
+        write_json(res, self.progress/f'{name}.json')
         return res
 
     def __repr__(self): return f'Run({self.out}, data={self.data}, config={self.config!r})'
@@ -276,7 +277,7 @@ def prepare(self:Run):
         saved = self.record('config')
         if diff := _differences(saved, want):
             raise DataError(f'{self.out} holds a run made with other settings ({diff}); use another --out, or --fresh to start over')
-    else: _write_json(want, self.progress/'config.json')
+    else: write_json(want, self.progress/'config.json')
     self.config, self.cfg = want['name'], want['settings']
     self.weak_masks = all(self.ds.mask_path(i).exists() for i in self.ds.ids('train_weak'))
     return self
@@ -340,10 +341,11 @@ def run_refine(self:Run):
         return res
     return self.stage('refine', _run)
 
-# %% ../nbs/08_pipeline.ipynb #1c65bf61
+# %% ../nbs/08_pipeline.ipynb #77ca0a91
 @patch
 def pred_dir(self:Run, name:str): return self.out/'predictions' if name == 'trl' else self.out/'baselines'/name/'predictions'
 
+# %% ../nbs/08_pipeline.ipynb #b49fb507
 @patch
 def seg_init_weights(self:Run):
     "The CAM classifier's backbone as a torchvision ResNet state-dict file, for segmenters with `init='cam'`."
@@ -359,6 +361,7 @@ def seg_init_weights(self:Run):
     with atomic_write(dest) as f: torch.save(sd, f)
     return dest
 
+# %% ../nbs/08_pipeline.ipynb #8e6d74c8
 @patch
 def cam_threshold(self:Run)->float:
     "CAM's background threshold: the best of a sweep on the strong images (never on the weak masks it is scored on)."
@@ -375,6 +378,7 @@ def cam_pseudo_labels(self:Run):
         save_mask(cam_to_labels(h, th).numpy().astype(np.uint8), fn)
     return dest
 
+# %% ../nbs/08_pipeline.ipynb #5afb2719
 @patch
 def run_segment(self:Run, name:str # 'trl', 'sup_only', 'naive', 'cam' or 'full_sup'
                ):
@@ -400,12 +404,13 @@ def run_segment(self:Run, name:str # 'trl', 'sup_only', 'naive', 'cam' or 'full_
         return dict(miou=float(res['miou']) * 100, stage_seconds=dict(train=train_s, predict=time.perf_counter() - t))
     return self.stage(f'seg_{name}', _run)
 
-# %% ../nbs/08_pipeline.ipynb #70ce206b
+# %% ../nbs/08_pipeline.ipynb #e073afdc
 def _heat_rgb(h:np.ndarray)->np.ndarray:
     "Heat maps (C, H, W) as an RGB image: each pixel the colour of its best class, brightness its score."
     pal = np.array(voc_palette(), np.float32).reshape(-1, 3)[:len(h)] / 255
     return pal[h.argmax(0)] * h.max(0)[..., None]
 
+# %% ../nbs/08_pipeline.ipynb #60288f1d
 @patch
 def plot_rounds(self:Run, ids:list=None, # weak images to show (default: the first four)
                 size:float=1.8): # inches per panel
@@ -426,6 +431,7 @@ def plot_rounds(self:Run, ids:list=None, # weak images to show (default: the fir
     fig.tight_layout()
     return fig
 
+# %% ../nbs/08_pipeline.ipynb #25cc2245
 @patch
 def plot_losses(self:Run):
     "The loss curves of every training of the run, one panel each, from the CSV histories in `<out>/logs/`."
@@ -445,6 +451,7 @@ def plot_losses(self:Run):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/08_pipeline.ipynb #e4d04767
 @patch
 def plot_miou(self:Run, report:dict):
     "Bar chart of the mIoU of every pseudo-label stage and every segmenter of `report`."
@@ -501,7 +508,7 @@ def report(self:Run, results:dict):
                classes=self.ds.classes,
                weights=self.weight_sources())
     rep['figures'] = self.write_figures(rep)
-    _write_json(rep, self.out/'report.json')
+    write_json(rep, self.out/'report.json')
     with atomic_write(self.out/'report.md', 'w') as f: f.write(report_markdown(rep))
     return rep
 
