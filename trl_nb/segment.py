@@ -6,7 +6,6 @@
 from __future__ import annotations
 import math, os
 from collections import OrderedDict
-from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 import numpy as np, torch, torchvision
@@ -23,7 +22,7 @@ from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.schedule import ParamScheduler
 from fastai.learner import Learner, Metric
 from fastai.optimizer import Adam
-from .data import VOID, fit_logging, EpochCheckpoint, save_mask, load_mask, atomic_write, image_tensor, colorize, JointAugment, SegDataset, pad_collate
+from .data import VOID, fit_logging, EpochCheckpoint, save_mask, load_mask, atomic_write, colorize, JointAugment, SegDataset, pad_collate, ImageBatches, autocast
 from .metrics import ConfusionMatrix
 from .cam import dilate_resnet
 from .refine import step_schedule
@@ -136,6 +135,7 @@ class TrunkHeads(nn.Module):
                 y = y.index_copy(0, idx, yi)
         return F.interpolate(y, size=x.shape[-2:], mode='bilinear', align_corners=False)
 
+# %% ../nbs/07_segment.ipynb #360bbdba
 class DeepLabLargeFOV(TrunkHeads):
     "DeepLabV1-LargeFOV: dilated ResNet backbone and `n_heads` LargeFOV heads (0: strong, 1: weak)."
     def __init__(self,
@@ -154,6 +154,7 @@ class DeepLabLargeFOV(TrunkHeads):
                          output_stride=output_stride, num_stages=num_stages, dilation=dilation, dropout=dropout),
                     weights, freeze_bn, lambda ni: LargeFOVHead(ni, n_classes, nh, dilation, dropout))
 
+# %% ../nbs/07_segment.ipynb #d742c40c
 class DeepLabV3(TrunkHeads):
     "torchvision's DeepLabV3 head (ASPP) on the same dilated ResNet trunk, with `n_heads` heads for the dual-branch training."
     def __init__(self,
@@ -171,6 +172,7 @@ class DeepLabV3(TrunkHeads):
                          num_stages=num_stages, rates=list(rates)),
                     weights, freeze_bn, lambda ni: DeepLabHead(ni, n_classes, list(rates)))
 
+# %% ../nbs/07_segment.ipynb #8cf6394f
 class SingleHead(nn.Module):
     "A user's segmentation model (images -> logits, or torchvision's `{'out': logits}`) in the trainer's `(image, branch)` call."
     def __init__(self, model:nn.Module): super().__init__(); self.model = model
@@ -508,23 +510,19 @@ def predict_folder(model:nn.Module, # a `DeepLabLargeFOV` (or a DDP wrapper of o
                    split:str, # split to predict
                    out_dir, # folder for `<id>.png`
                    bs:int=8, # images per forward pass
-                   ids:list=None): # predict only these ids (default: the whole split)
+                   ids:list=None, # predict only these ids (default: the whole split)
+                   num_workers:int=0): # image-reading worker processes
     "Predict every image of `split` with the strong head into palette PNGs `<out_dir>/<id>.png`; returns the paths."
     model, out_dir = getattr(model, 'module', model), Path(out_dir)
     ids = data.ids(split) if ids is None else list(ids)
     mine = sorted(ids, key=lambda i: (data.size(i), i))[rank_distrib()::max(num_distrib(), 1)]
     dev = next(model.parameters()).device
-    amp = torch.autocast('cuda', dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if dev.type == 'cuda' else nullcontext()
     was_training, paths = model.training, []
     model.eval()
-    with torch.inference_mode(), amp:
-        for k in range(0, len(mine), bs):
-            chunk = mine[k:k + bs]
-            xb = pad_collate([(image_tensor(data.image(i)),) for i in chunk])[0].to(dev)
-            pred = model(xb).argmax(1).byte().cpu().numpy()
-            for i, p in zip(chunk, pred):
-                h, w = data.size(i)
-                save_mask(p[:h, :w], out_dir/f'{i}.png')
+    with torch.inference_mode(), autocast(dev):
+        for chunk, xb in ImageBatches(data, mine, bs).loader(num_workers):
+            for i, p in zip(chunk, model(xb.to(dev)).argmax(1).byte().cpu().numpy()):  # batches of one size: each at its image's size
+                save_mask(p, out_dir/f'{i}.png')
                 paths.append(out_dir/f'{i}.png')
     model.train(was_training)
     distrib_barrier()
