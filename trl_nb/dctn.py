@@ -105,13 +105,14 @@ class ValidRegion:
         b = torch.arange(x.shape[0], device=x.device)[:, None, None]
         return x.permute(0, 2, 3, 1)[b, r[:, :, None], c[:, None, :]].permute(0, 3, 1, 2)
 
-# %% ../nbs/05_dctn.ipynb #8ddf8c6e
+# %% ../nbs/05_dctn.ipynb #41aea97b
 _twins_norm = partial(nn.LayerNorm, eps=1e-6)
 
 def twins_block(dim, num_heads, mlp_ratio=4., sr_ratio=1, ws=1, drop_path=0.):
     "A timm Twins `Block`: locally-grouped attention in `ws` x `ws` windows, or global sub-sampled attention when `ws` is 1"
     return Block(dim, num_heads, mlp_ratio, drop_path=drop_path, norm_layer=_twins_norm, sr_ratio=sr_ratio, ws=ws)
 
+# %% ../nbs/05_dctn.ipynb #9b578ec4
 def _reduce(attn:GlobalSubSampleAttn, x, size, mask=None):
     "GSA's spatial reduction of normalised tokens `x` (B, N, C) into key/value tokens, with their key mask (B, M) or None"
     if mask is not None: x = x.where(mask.flatten(1)[..., None], 0.)
@@ -154,6 +155,7 @@ def _lsa(attn:LocallyGroupedAttn, x, size, mask):
     o = o.transpose(2, 3).reshape(B, gh, gw, ws, ws, C).transpose(2, 3).reshape(B, N, C)
     return attn.proj_drop(attn.proj(o))
 
+# %% ../nbs/05_dctn.ipynb #87ae6a66
 def twins_block_forward(blk:Block, x, size, mask=None):
     "Run a timm Twins `Block` on tokens `x` (B, N, C) of a grid `size`; `mask` (B, H, W) marks real tokens"
     if mask is None: return blk(x, size)
@@ -257,7 +259,7 @@ class TwinsStream(nn.Module):
             self.pos_block.append(PosConv(dim, dim))
             prev, cur = dim, cur + d
 
-# %% ../nbs/05_dctn.ipynb #93653190
+# %% ../nbs/05_dctn.ipynb #e92adb88
 def _upsample(x, size, region=None, stride=1):
     "Bilinear upsampling to `size`, clamping at the real border of a padded map"
     if x.shape[-2:] == tuple(size): return x
@@ -276,6 +278,7 @@ def _group_norm(gn:nn.GroupNorm, x, region=None):
     y = ((xg - mean) / (var + gn.eps).sqrt()).view(B, C, H, W)
     return region.zero(y * gn.weight[:, None, None] + gn.bias[:, None, None], 1)
 
+# %% ../nbs/05_dctn.ipynb #70129392
 class LinearHead(nn.Module):
     "Head 1 (Eq. 6): LayerNorm and 1x1 convolution on the last stage's fused features"
     def __init__(self, dims:tuple, n_classes:int):
@@ -285,6 +288,7 @@ class LinearHead(nn.Module):
     def forward(self, feats:list, low, size, strides, region=None):
         return _upsample(self.conv(self.norm(feats[-1])), size, region, strides[-1])
 
+# %% ../nbs/05_dctn.ipynb #e922023d
 class FPNHead(nn.Module):
     "Head 2 (Eq. 7): FPN over the LayerNormed fused features of all stages, plus GN(Conv(low-level heat-map features))"
     def __init__(self, dims:tuple, n_classes:int, fpn_dim:int=256, low_chans:int=64):
@@ -456,7 +460,7 @@ def dctn_config(size:str|DCTNConfig='svt_s', # a key of `dctn_cfgs` or a config
     names = {f.name for f in fields(DCTNConfig)}
     return replace(size, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if k in names})
 
-# %% ../nbs/05_dctn.ipynb #282a620b
+# %% ../nbs/05_dctn.ipynb #c8d6b06c
 def _adapt_kernel(w:torch.Tensor, shape:tuple):
     "Fit a pretrained conv kernel (O, I, J, K) to `shape`: input channels via timm's `adapt_input_conv`, kernel by summing cells"
     O, I, kh, kw = shape
@@ -478,6 +482,7 @@ def _twins_target(model, stream:str, key:str):
     if j < n_ord: return f'streams.{stream}.{key}'
     if j == n_ord and model.cross is not None: return f"cross.{k}.{'x' if stream == 'image' else 'h'}." + '.'.join(parts[3:])
 
+# %% ../nbs/05_dctn.ipynb #9ca7d46f
 def load_twins_weights(model:DCTN, # model to load into
                        src, # a Twins state dict, or a file holding one (`torch.save`)
                        streams:list|None=None): # streams to load (None: all of them)
@@ -580,7 +585,7 @@ def class_label_filter(probs:torch.Tensor, # (B, C, ...) class probabilities, ch
     keep[:, 0] = True
     return probs.where(keep.view(*keep.shape, *[1] * (probs.ndim - 2)), 0.)
 
-# %% ../nbs/05_dctn.ipynb #2a537aa2
+# %% ../nbs/05_dctn.ipynb #6449cf24
 def query_attention(model:DCTN, # a dual model (DCTN or DTN)
                     x:torch.Tensor, # one image (in_chans, H, W), normalised
                     h:torch.Tensor, # its heat map (heat_chans, H, W)
@@ -600,6 +605,7 @@ def query_attention(model:DCTN, # a dual model (DCTN or DTN)
     pc = (pc * (pc[q].sign() or 1)).view(gh, gw)[:nh, :nw]
     return dict(qk=qk, a=pc, pred=logits[0].argmax(0))
 
+# %% ../nbs/05_dctn.ipynb #5a28e28e
 def plot_query_attention(models:dict, # {name: dual model}
                          x:torch.Tensor, # one image (3, H, W), normalised with `mean`/`std`
                          h:torch.Tensor, # its heat map (heat_chans, H, W), channel 0 = background
