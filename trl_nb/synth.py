@@ -165,7 +165,7 @@ def layout(self:Synth, rng)->list:
                      rng.normal(0, self.shape_jitter, (3, 2))))
     return objs
 
-# %% ../nbs/01_synth.ipynb #d3bcae1c
+# %% ../nbs/01_synth.ipynb #cef7a928
 def _dilate(m, k):
     "Binary dilation of m by a (2k+1) square, by shifted ORs."
     out = m.copy()
@@ -175,11 +175,13 @@ def _dilate(m, k):
                 m[max(-dy, 0):m.shape[0] + min(-dy, 0), max(-dx, 0):m.shape[1] + min(-dx, 0)]
     return out
 
+# %% ../nbs/01_synth.ipynb #ba4cf58b
 @patch
 def hue(self:Synth, c, rng):
     "A hue for an object of class `c`: the hue of its pair of classes, plus noise."
     return (c - 1)//2/math.ceil(self.n_classes/2) + rng.normal(0, self.hue_spread)
 
+# %% ../nbs/01_synth.ipynb #6b231028
 @patch
 def _clutter(self:Synth, rng):
     S = self.size*self.supersample
