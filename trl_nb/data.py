@@ -173,7 +173,7 @@ class EpochCheckpoint(Callback):
 
     def after_fit(self): self.learn.logger = self._inner
 
-# %% ../nbs/00_data.ipynb #af2354c2
+# %% ../nbs/00_data.ipynb #9ee6c6d3
 def write_json(obj, # a JSON-serialisable object (numpy scalars are written as floats)
                path): # destination file
     "Write `obj` as indented JSON, atomically: the record every stage leaves behind."
@@ -731,7 +731,7 @@ def pad_collate(items # list of tuples of tensors
         out.append(torch.stack(ts))
     return tuple(out)
 
-# %% ../nbs/00_data.ipynb #e0602632
+# %% ../nbs/00_data.ipynb #7c0e6320
 def size_batches(data:SegData, ids:list, bs:int):
     "`ids` grouped into lists of at most `bs` images of one size, in order of first appearance."
     groups = {}
@@ -756,7 +756,7 @@ class ImageBatches(torch.utils.data.Dataset):
         return torch.utils.data.DataLoader(self, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available())
 
 
-# %% ../nbs/00_data.ipynb #2df26018
+# %% ../nbs/00_data.ipynb #c1f570be
 def autocast(device): # a `torch.device` (or its name)
     "Mixed precision for inference on CUDA (bfloat16 where the GPU has it, else float16); a no-op context elsewhere."
     if torch.device(device).type != 'cuda': return contextlib.nullcontext()
