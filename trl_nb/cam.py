@@ -4,14 +4,11 @@
 
 # %% auto #0
 __all__ = ['cpu_pixels_per_pass', 'dilate_resnet', 'cam_backbone', 'CAMNet', 'cam_splitter', 'cam_learner', 'train_cam',
-           'cam_heatmaps', 'size_batches', 'extract_cams', 'cam_to_labels', 'cam_threshold_sweep', 'save_cam_model',
-           'load_cam_model', 'trl_cam', 'trl_cam_main']
+           'cam_heatmaps', 'extract_cams', 'cam_to_labels', 'cam_threshold_sweep', 'save_cam_model', 'load_cam_model',
+           'trl_cam', 'trl_cam_main']
 
 # %% ../nbs/04_cam.ipynb #9272eee7
-import json
 from pathlib import Path
-from contextlib import nullcontext
-from collections import defaultdict
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 import pandas as pd
 import timm, torchvision
@@ -23,7 +20,8 @@ from fastai.callback.schedule import fit_one_cycle
 import fastai.callback.channelslast  # Learner.to_channelslast
 from fastai.torch_core import params, set_seed
 from fastai.metrics import accuracy_multi
-from .data import run_cli, fit_logging, interactive, DataError, validate_data, VOID, SegData, cls_dls, save_heatmap, load_heatmap, atomic_write, image_tensor
+from .data import (run_cli, fit_logging, interactive, DataError, validate_data, VOID, SegData, cls_dls, save_heatmap, load_heatmap, atomic_write,
+                         ImageBatches, autocast, write_json, read_json)
 from .metrics import ConfusionMatrix
 
 # %% ../nbs/04_cam.ipynb #6735a5d7
@@ -58,6 +56,7 @@ def dilate_resnet(m:nn.Module, # a torchvision ResNet (BasicBlock or Bottleneck)
                 if c.kernel_size == (3, 3): d = prev if k == 0 else dil; c.dilation, c.padding = (d, d), (d, d)
     return m
 
+# %% ../nbs/04_cam.ipynb #4b983816
 def _tv_backbone(name, weights, output_stride):
     "Convolutional trunk of torchvision model `name` and its channel count."
     m = torchvision.models.get_model(name, weights=None)
@@ -82,7 +81,6 @@ def _timm_backbone(name, weights, output_stride):
     m = timm.create_model(name, features_only=True, out_indices=(-1,), **kw)
     return _LastFeature(m), m.feature_info.channels()[-1]
 
-# %% ../nbs/04_cam.ipynb #4b983816
 def cam_backbone(arch:str='resnet50', # 'tv:NAME', 'timm:NAME' or a bare model name
                  weights:str=None, # local ImageNet weights file (random init when None)
                  output_stride:int=16): # 8, 16 or 32
@@ -145,11 +143,6 @@ def train_cam(learn:Learner, # from `cam_learner`
     return learn
 
 # %% ../nbs/04_cam.ipynb #7baefb66
-def _autocast(device):
-    "Mixed precision on CUDA, nothing elsewhere."
-    if device.type != 'cuda': return nullcontext()
-    return torch.autocast('cuda', dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-
 cpu_pixels_per_pass = 2 * 320 * 320  # CPU forward passes: images per pass chosen to stay under this many pixels
 
 @torch.inference_mode()
@@ -175,29 +168,13 @@ def cam_heatmaps(model:CAMNet, # trained classifier (put in eval mode here)
         xs = x if s == 1 else F.interpolate(x, size=(round(H * s), round(W * s)), mode='bilinear', align_corners=False)
         if flip: xs = torch.cat([xs, xs.flip(-1)])
         n = len(xs) if max_pixels is None else max(1, max_pixels // (xs.shape[-2] * xs.shape[-1]))
-        with _autocast(dev): cams = torch.cat([model.class_maps(c)[:, keep] for c in xs.split(n)])
+        with autocast(dev): cams = torch.cat([model.class_maps(c)[:, keep] for c in xs.split(n)])
         cams = F.interpolate(F.relu(cams.float()), size=(H, W), mode='bilinear', align_corners=False)
         acc[:, keep] += cams[:B] + cams[B:].flip(-1) if flip else cams
     acc *= labels[:, 1:, None, None]
     mx = acc.amax((2, 3), keepdim=True)
     acc = torch.where(mx > 0, acc / mx.clamp(min=torch.finfo(acc.dtype).tiny), 0.)
     return torch.cat([acc.new_zeros(B, 1, H, W), acc], 1)
-
-# %% ../nbs/04_cam.ipynb #2c2b00d2
-def size_batches(data:SegData, ids:list, bs:int):
-    "`ids` grouped into lists of at most `bs` images of one size, in order of first appearance."
-    groups = defaultdict(list)
-    for i in ids: groups[data.size(i)].append(i)
-    return [g[k:k + bs] for g in groups.values() for k in range(0, len(g), bs)]
-
-class _Batches(torch.utils.data.Dataset):
-    "Each item: ids, normalised images (B, 3, H, W), labels (B, n_classes) of one batch."
-    def __init__(self, data, batches): self.data, self.batches = data, batches
-    def __len__(self): return len(self.batches)
-    def __getitem__(self, k):
-        ids = self.batches[k]
-        x = torch.stack([image_tensor(self.data.image(i)) for i in ids])
-        return ids, x, torch.from_numpy(np.stack([self.data.labels(i) for i in ids]))
 
 # %% ../nbs/04_cam.ipynb #8d76fe12
 def extract_cams(model:CAMNet, # trained classifier
@@ -213,8 +190,7 @@ def extract_cams(model:CAMNet, # trained classifier
     "Write the `h0` heat map of every id in `ids` to `out_dir`, skipping files that exist; returns the ids written."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     todo = [i for i in list(ids)[rank::world_size] if not (out_dir/f'{i}.npz').exists()]
-    dl = torch.utils.data.DataLoader(_Batches(data, size_batches(data, todo, bs)), batch_size=None,
-                                     num_workers=num_workers, pin_memory=torch.cuda.is_available())
+    dl = ImageBatches(data, todo, bs, data.labels).loader(num_workers)
     dev, done = next(model.parameters()).device, []
     for ids_b, x, labels in progress_bar(dl, leave=False) if progress and interactive() else dl:  # a hidden console bar still prints
         h = cam_heatmaps(model, x.to(dev, non_blocking=True), labels, scales, flip).cpu().numpy()
@@ -305,7 +281,7 @@ def trl_cam(data:str=None, # data set folder in the VOC layout (required)
                     data=str(Path(data).resolve()))
     rec = out/'checkpoints'/'cam_settings.json'
     if ck.exists() and not retrain and not checkpoint and rec.exists():
-        old = json.loads(rec.read_text())
+        old = read_json(rec)
         if diff := [f'--{k} {old.get(k)} -> {v}' for k, v in settings.items() if old.get(k) != v]:
             raise DataError(f'{ck} was trained with other settings ({", ".join(diff[:3])}); use --retrain or another --out')
     if ck.exists() and not retrain: model = load_cam_model(ck)
@@ -315,7 +291,7 @@ def trl_cam(data:str=None, # data set folder in the VOC layout (required)
         with fit_logging(learn, 'cam', out/'logs'): train_cam(learn, epochs, lr)  # history: <out>/logs/cam.csv
         model = learn.model.eval()
         save_cam_model(model, ck)
-        with atomic_write(rec, 'w') as f: json.dump(settings, f, indent=1)
+        write_json(settings, rec)
     ids = ds.ids('train_strong') + ds.ids('train_weak')
     extract_cams(model, ds, ids, out/'heatmaps'/'cam', bs=cam_bs, scales=tuple(float(s) for s in scales.split(',')),
                  flip=not no_flip, num_workers=workers)
@@ -326,7 +302,7 @@ def trl_cam(data:str=None, # data set folder in the VOC layout (required)
     res = dict(split='train_weak', threshold=best, miou=float(sweep.miou[best]), threshold_from='train_strong',
                oracle_threshold=float(sweep.miou.idxmax()), oracle_miou=float(sweep.miou.max()),
                sweep={str(t): float(v) for t, v in sweep.miou.items()})
-    with atomic_write(out/'cam_eval.json', 'w') as f: json.dump(res, f, indent=1)
+    write_json(res, out/'cam_eval.json')
     print(f"CAM pseudo labels on train_weak: mIoU {res['miou']:.4f} at threshold {best} (chosen on the strong images)")
     return res
 

@@ -19,11 +19,11 @@ from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 from fastai.torch_core import set_seed, default_device
 from fastprogress.fastprogress import progress_bar
-from .data import (run_cli, fit_logging, EpochCheckpoint, interactive, DataError, validate_data, VOID, SegData, atomic_write, save_mask, load_mask, save_heatmap, load_heatmap, image_tensor,
-                         HeatmapReader, RefineDataset, JointAugment, pad_collate, refine_dls)
+from .data import (run_cli, fit_logging, EpochCheckpoint, interactive, DataError, validate_data, VOID, SegData, atomic_write, save_mask, load_mask, save_heatmap, load_heatmap,
+                         write_json, read_json, ImageBatches, autocast, HeatmapReader, RefineDataset, JointAugment, pad_collate, refine_dls)
 from .metrics import ConfusionMatrix, evaluate_folder
 from .dctn import dctn, dctn_config, class_label_filter, load_twins_weights, TwinsClassifier
-from .cam import size_batches, cam_threshold_sweep
+from .cam import cam_threshold_sweep
 from .data import cls_dls
 
 # %% auto #0
@@ -33,7 +33,7 @@ __all__ = ['refine_configs', 'stage_names', 'refine_config', 'round_variant', 's
 
 # %% ../nbs/06_refine.ipynb #85b07c61
 refine_configs = dict(
-    small=dict(dctn='small', dctn_kw=dict(wss=(4, 4, 4, 4), patch_sizes=(4, 2, 1, 1)), crop=64, bs=8, epochs=30, lr=1e-3, schedule='one_cycle', decay_at=0.7, decay=0.1,
+    small=dict(dctn='cpu', dctn_kw={}, crop=64, bs=8, epochs=30, lr=1e-3, schedule='one_cycle', decay_at=0.7, decay=0.1,
                wd=0., scale=(0.7, 1.3), strong_maps='oof', folds=2, infer_bs=32, num_workers=0, pretrained=None, save_every=1,
                sqr_mom=0.99),
     paper=dict(dctn='svt_s', dctn_kw={}, crop=320, bs=8, epochs=150, lr=1e-4, schedule='step', decay_at=0.7, decay=0.1, wd=0.,
@@ -47,7 +47,6 @@ def refine_config(name:str='small', # a key of `refine_configs`
     cfg = dict(refine_configs[name], name=name)
     bad = set(kwargs) - set(cfg)
     if bad: raise ValueError(f'unknown refine config entries {sorted(bad)}; known: {sorted(cfg)}')
-    if 'dctn' in kwargs and kwargs['dctn'] != cfg['dctn'] and 'dctn_kw' not in kwargs: cfg['dctn_kw'] = {}
     cfg.update(kwargs)
     if cfg['schedule'] not in ('step', 'one_cycle'): raise ValueError(f"schedule must be 'step' or 'one_cycle', got {cfg['schedule']!r}")
     if cfg['strong_maps'] not in ('self', 'oof'): raise ValueError(f"strong_maps must be 'self' or 'oof', got {cfg['strong_maps']!r}")
@@ -63,6 +62,15 @@ def round_variant(k:int # round number, from 1
     "The DCTN variant of round `k`: head 1 (Eq. 6) in round 1, the FPN head (Eq. 7) after."
     return 'dctn1' if k == 1 else 'dctn2'
 
+# %% ../nbs/06_refine.ipynb #042aef38
+def step_schedule(lr:float, # initial learning rate
+                  decay_at:float=0.7, # fraction of training after which the rate is decayed
+                  decay:float=0.1, # factor of the decay
+                 ):
+    "A fastai schedule: `lr` until `decay_at`, then `lr * decay`."
+    return combine_scheds([decay_at, 1 - decay_at], [SchedNo(lr, lr), SchedNo(lr*decay, lr*decay)])
+
+# %% ../nbs/06_refine.ipynb #a45120fe
 def _strong_dls(data, heatmaps, ids, cfg, device):
     "`refine_dls` on train_strong, or the same loaders on a subset `ids` of it."
     if ids is None:
@@ -76,14 +84,6 @@ def _strong_dls(data, heatmaps, ids, cfg, device):
     return DataLoaders(dl, DataLoader(RefineDataset(data, [], heatmaps), bs=cfg['bs'], create_batch=pad_collate),
                        device=default_device() if device is None else device)
 
-def step_schedule(lr:float, # initial learning rate
-                  decay_at:float=0.7, # fraction of training after which the rate is decayed
-                  decay:float=0.1, # factor of the decay
-                 ):
-    "A fastai schedule: `lr` until `decay_at`, then `lr * decay`."
-    return combine_scheds([decay_at, 1 - decay_at], [SchedNo(lr, lr), SchedNo(lr*decay, lr*decay)])
-
-# %% ../nbs/06_refine.ipynb #a45120fe
 def refine_learner(data:SegData, # the data set
                    heatmaps, # input heat maps of the strong images: a folder of <id>.npz or a callable
                    variant:str='dctn1', # a variant of `trl_nb.dctn.dctn_variants`
@@ -183,15 +183,6 @@ def _progress(it, show:bool, total=None):
     "`it` under a progress bar when `show` (a hidden console bar still prints, so none is made)."
     return progress_bar(it, total=total, leave=False) if show and interactive() else it
 
-class _InferBatches(torch.utils.data.Dataset):
-    "Batches (ids, images, heat maps) for inference: one item per batch, so loading can run in workers."
-    def __init__(self, data, batches, heatmaps): store_attr('data,batches'); self.read = HeatmapReader(data, heatmaps)
-    def __len__(self): return len(self.batches)
-    def __getitem__(self, i):
-        ids = self.batches[i]
-        return (ids, torch.stack([image_tensor(self.data.image(id)) for id in ids]),
-                torch.stack([torch.from_numpy(self.read(id)) for id in ids]))
-
 @torch.inference_mode()
 def predict_heatmaps(model:torch.nn.Module, # a refinement network
                      data:SegData, # the data set
@@ -207,13 +198,11 @@ def predict_heatmaps(model:torch.nn.Module, # a refinement network
     cuda = device.type == 'cuda'
     model = model.to(device).eval()
     if cuda: model = model.to(memory_format=torch.channels_last)
-    batches = size_batches(data, ids, bs)
-    dl = torch.utils.data.DataLoader(_InferBatches(data, batches, heatmaps), batch_size=None, num_workers=num_workers)
-    for bids, x, h in _progress(dl, bar and len(batches) > 0, len(batches)):
+    batches = ImageBatches(data, ids, bs, HeatmapReader(data, heatmaps))
+    for bids, x, h in _progress(batches.loader(num_workers), bar and len(batches) > 0, len(batches)):
         x, h = x.to(device), h.to(device)
         if cuda: x, h = x.contiguous(memory_format=torch.channels_last), h.contiguous(memory_format=torch.channels_last)
-        dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
-        with torch.autocast(device.type, dtype=dtype, enabled=cuda): logits = model(x, h)
+        with autocast(device): logits = model(x, h)
         yield from zip(bids, logits.float().softmax(1).cpu())
 
 # %% ../nbs/06_refine.ipynb #2ddf3749
@@ -295,19 +284,12 @@ class Refinement:
     def __repr__(self): return f'Refinement({self.data.root}, out={self.out}, config={self.cfg["name"]!r})'
 
 # %% ../nbs/06_refine.ipynb #45152abd
-def _read_json(path):
-    try: return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e: raise ValueError(f'cannot read {path}: {e}') from e
-
-def _write_json(obj, path):
-    with atomic_write(path, 'w') as f: json.dump(obj, f, indent=1)
-
 @patch
 def check_settings(self:Refinement):
     "Record the settings in a new folder; refuse to resume a folder made with other settings."
     fn, s = self.record('refine'), self.settings
-    if not fn.exists(): return _write_json(s, fn)
-    old = _read_json(fn)
+    if not fn.exists(): return write_json(s, fn)
+    old = read_json(fn)
     if old != s:
         diff = {k: (old.get(k), s.get(k)) for k in s if old.get(k) != s.get(k)}
         if 'config' in diff:
@@ -364,7 +346,7 @@ def run_round(self:Refinement, k:int # round, from 1
              )->dict:
     "Round `k` (Fig. 2): train DCTN_k, refine the weak images, CLF, write h'_k; skipped when its record exists."
     fn = self.record(f'round{k}')
-    if fn.exists(): return _read_json(fn)
+    if fn.exists(): return read_json(fn)
     if k > 1 and not self.record(f'round{k-1}').exists(): raise RuntimeError(f'round {k-1} is not finished in {self.out}')
     t, secs = time.perf_counter(), {}
     if k > 1:
@@ -376,23 +358,25 @@ def run_round(self:Refinement, k:int # round, from 1
     self._write(learn.model, weak, k, raw_dest=self.stage_dir(f'dctn{k}'))
     secs['refine_weak'] = time.perf_counter() - t
     res = dict(round=k, variant=round_variant(k), n_weak=len(weak), seconds=secs)
-    _write_json(res, fn)
+    write_json(res, fn)
     return res
 
+# %% ../nbs/06_refine.ipynb #660ca93e
 @patch
 def write_pseudo_labels(self:Refinement, k:int # the last round
                        )->Path:
     "Pseudo labels = argmax of h'_k (no threshold, no CRF) as palette PNGs in `<out>/pseudo_labels/`."
     rec, want = self.record('pseudo_labels'), dict(round=k)
-    if not rec.exists() or _read_json(rec) != want:
+    if not rec.exists() or read_json(rec) != want:
         if self.pseudo_dir.exists(): shutil.rmtree(self.pseudo_dir)
-        _write_json(want, rec)
+        write_json(want, rec)
     n = self.data.n_classes
     for i in _progress(self.data.ids('train_weak'), self.bar):
         fn = self.pseudo_dir/f'{i}.png'
         if not fn.exists(): save_mask(load_heatmap(self.heat_dir(k)/f'{i}.npz', n).argmax(0).astype(np.uint8), fn)
     return self.pseudo_dir
 
+# %% ../nbs/06_refine.ipynb #743fb6b7
 @patch
 def run(self:Refinement, n_rounds:int=2, # number of rounds (paper: 2)
        )->dict:
@@ -426,7 +410,7 @@ def run_variant(self:Refinement, variant:str # a key of `trl_nb.dctn.dctn_varian
                )->dict:
     "Train `variant` in place of DCTN_1 and write its unfiltered labels of the weak images; skipped when recorded."
     fn = self.record(f'variant_{variant}')
-    if fn.exists(): return _read_json(fn)
+    if fn.exists(): return read_json(fn)
     self.check_settings()
     t = time.perf_counter()
     learn = self.train(1, name=f'variant_{variant}', variant=variant)
@@ -435,7 +419,7 @@ def run_variant(self:Refinement, variant:str # a key of `trl_nb.dctn.dctn_varian
     write_refined(learn.model, self.data, self.data.ids('train_weak'), self.heat_dir(0), None, self.stage_dir(variant),
                   bs=self.cfg['infer_bs'], device=self.device, num_workers=self.cfg['num_workers'], bar=self.bar)
     res = dict(variant=variant, seconds=dict(secs, refine_weak=time.perf_counter() - t))
-    _write_json(res, fn)
+    write_json(res, fn)
     return res
 
 # %% ../nbs/06_refine.ipynb #7ab630f4
