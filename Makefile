@@ -39,6 +39,6 @@ nbs: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/python tools/build_docs.py
 
-## Benchmarks at the sizes of the paper (about 20 minutes on a CPU); results in bench/results/.
+## Benchmarks at the sizes of the paper (about 20 minutes on a CPU), by the harness beside the package; results in bench/results/.
 bench: $(STAMP)
-	mkdir -p $(dir $(BENCH_OUT)) && $(BIN)/trl_bench --json $(BENCH_OUT)
+	mkdir -p $(dir $(BENCH_OUT)) && $(BIN)/python bench/trl_bench.py --json $(BENCH_OUT)

@@ -19,6 +19,7 @@ def test_wheel_installs_and_runs(tmp_path):
         names = z.namelist()
         eps = z.read(next(n for n in names if n.endswith('entry_points.txt'))).decode()
     assert not any(n.startswith('nbs/') for n in names), 'the wheel must not carry notebooks'
+    assert not any(n.startswith('bench/') or n == 'trl_nb/bench.py' for n in names), 'the benchmark harness stays beside the package'
     for name, target in _console_scripts().items(): assert f'{name} = {target}' in eps, name
     subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-deps', '-q', '--target', str(site), str(whl)],
                    check=True, capture_output=True)
