@@ -1,5 +1,5 @@
 """The package works from its built wheel, outside the repository, with no access to nbs/."""
-import configparser, os, subprocess, sys, zipfile
+import configparser, os, shutil, subprocess, sys, zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -10,9 +10,13 @@ def _console_scripts():
 
 def test_wheel_installs_and_runs(tmp_path):
     "Build the wheel, install it into a bare folder, import every module and run `trl_synth` from there."
-    dist, site, work = tmp_path/'dist', tmp_path/'site', tmp_path/'work'
+    src, dist, site, work = tmp_path/'src', tmp_path/'dist', tmp_path/'site', tmp_path/'work'
     work.mkdir()
-    subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w', str(dist), str(ROOT)],
+    # built from a copy: setuptools' `build/` in the checkout keeps modules that were deleted since, and would ship them
+    shutil.copytree(ROOT/'trl_nb', src/'trl_nb', ignore=shutil.ignore_patterns('__pycache__'))
+    for f in ('setup.py', 'pyproject.toml', 'settings.ini', 'MANIFEST.in', 'README.md', 'LICENSE', 'constraints.txt'):
+        if (ROOT/f).exists(): shutil.copy(ROOT/f, src/f)
+    subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w', str(dist), str(src)],
                    check=True, capture_output=True)
     whl, = dist.glob('trl_nb-*.whl')
     with zipfile.ZipFile(whl) as z:
