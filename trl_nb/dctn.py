@@ -441,7 +441,7 @@ dctn_variants = dict(
     stn_concat=dict(inputs='concat'))              # Table 2: ... on both, concatenated
 
 def dctn(variant:str='dctn1', # a key of `dctn_variants`
-         size:str|DCTNConfig='svt_s', # a key of `dctn_cfgs` ('svt_s', 'small', 'cpu', 'tiny') or a config
+         cfg:str|DCTNConfig='svt_s', # architecture: a key of `dctn_cfgs` ('svt_s', 'small', 'cpu', 'tiny') or a config
          n_classes:int=21, # output classes, background included
          heat_chans:int|None=None, # heat-map channels (None: `n_classes`)
          **overrides): # `DCTNConfig` fields and `DCTN` arguments
@@ -449,16 +449,16 @@ def dctn(variant:str='dctn1', # a key of `dctn_variants`
     if variant not in dctn_variants: raise ValueError(f'dctn: unknown variant {variant!r}, expected one of {list(dctn_variants)}')
     names = {f.name for f in fields(DCTNConfig)}
     kw = {**dctn_variants[variant], **{k: v for k, v in overrides.items() if k not in names}}
-    return DCTN(n_classes, heat_chans, dctn_config(size, **overrides), **kw)
+    return DCTN(n_classes, heat_chans, dctn_config(cfg, **overrides), **kw)
 
-def dctn_config(size:str|DCTNConfig='svt_s', # a key of `dctn_cfgs` or a config
+def dctn_config(cfg:str|DCTNConfig='svt_s', # a key of `dctn_cfgs` or a config
                 **overrides): # `DCTNConfig` fields to replace (other entries are ignored)
-    "The architecture `size` with `overrides` applied"
-    if isinstance(size, str):
-        if size not in dctn_cfgs: raise ValueError(f'dctn: unknown size {size!r}, expected one of {list(dctn_cfgs)}')
-        size = dctn_cfgs[size]
+    "The architecture `cfg` with `overrides` applied"
+    if isinstance(cfg, str):
+        if cfg not in dctn_cfgs: raise ValueError(f'dctn: unknown architecture {cfg!r}, expected one of {list(dctn_cfgs)}')
+        cfg = dctn_cfgs[cfg]
     names = {f.name for f in fields(DCTNConfig)}
-    return replace(size, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if k in names})
+    return replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if k in names})
 
 # %% ../nbs/05_dctn.ipynb #c8d6b06c
 def _adapt_kernel(w:torch.Tensor, shape:tuple):
