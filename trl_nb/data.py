@@ -180,8 +180,9 @@ def write_json(obj, # a JSON-serialisable object (numpy scalars are written as f
     with atomic_write(path, 'w') as f: json.dump(obj, f, indent=1, default=float)
 
 def read_json(path): # a file written by `write_json`
-    "The object in `path`."
-    return json.loads(Path(path).read_text())
+    "The object in `path`; a missing, unreadable or corrupt file raises a `ValueError` that names it."
+    try: return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e: raise ValueError(f'cannot read {path}: {e}') from e
 
 
 # %% ../nbs/00_data.ipynb #aedc3ea6
