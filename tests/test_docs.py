@@ -43,10 +43,10 @@ def _title(nb):
 
 
 def _copy_project(dest):
-    "What the docs build reads: settings, Quarto config, notebooks, the package and the build script."
+    "What the docs build reads: settings, Quarto config, notebooks, the package, the benchmark harness and the build script."
     for f in ('settings.ini', '_quarto.yml'): shutil.copy2(ROOT/f, dest/f)
     ign = shutil.ignore_patterns('__pycache__', '.ipynb_checkpoints')
-    for d in ('nbs', 'trl_nb'): shutil.copytree(ROOT/d, dest/d, symlinks=True, ignore=ign)
+    for d in ('nbs', 'trl_nb', 'bench'): shutil.copytree(ROOT/d, dest/d, symlinks=True, ignore=ign)
     (dest/'tools').mkdir()
     shutil.copy2(ROOT/'tools'/'build_docs.py', dest/'tools'/'build_docs.py')
 
