@@ -71,13 +71,13 @@ def run_cli(f): # a `fastcore.script.call_parse` function
         print(f'{f.__name__}: error: {e}', file=sys.stderr)
         sys.exit(2)
 
-# %% ../nbs/00_data.ipynb #13a6d137
+# %% ../nbs/00_data.ipynb #47ef9a29
 def interactive()->bool:
     "Whether stdout is a terminal or a notebook, where progress bars redraw in place (in a file each redraw is a new line)."
     from fastprogress.fastprogress import IN_NOTEBOOK
     return bool(IN_NOTEBOOK or sys.stdout.isatty())
 
-# %% ../nbs/00_data.ipynb #c680bfde
+# %% ../nbs/00_data.ipynb #fa925478
 def epoch_logger(learn, # a fastai `Learner`
                  stage:str): # name printed at the start of each line
     "A `Learner.logger` printing one time-stamped line per epoch with named columns, instead of fastai's bare lists."
@@ -673,7 +673,7 @@ class HeatmapReader:
             raise ValueError(f'heatmaps({id!r}) has shape {h.shape}, expected {(self.data.n_classes, *size)}')
         return h
 
-# %% ../nbs/00_data.ipynb #bee39cb0
+# %% ../nbs/00_data.ipynb #76c76e0c
 class ClsDataset(torch.utils.data.Dataset):
     "Items (image, foreground labels float (n_classes-1,)) for the multi-label classifier."
     def __init__(self, data, # a `SegData`
@@ -687,7 +687,7 @@ class ClsDataset(torch.utils.data.Dataset):
         if self.aug: x, = self.aug(x)
         return x, torch.from_numpy(self.data.labels(id)[1:].astype(np.float32))
 
-# %% ../nbs/00_data.ipynb #7551469a
+# %% ../nbs/00_data.ipynb #eb4de1e4
 class SegDataset(torch.utils.data.Dataset):
     "Items (image, mask long) for segmentation; masks from the training accessor or `masks` (e.g. pseudo labels)."
     def __init__(self, data, # a `SegData`
@@ -703,7 +703,7 @@ class SegDataset(torch.utils.data.Dataset):
         x, m = image_tensor(self.data.image(id)), torch.from_numpy(self.read_mask(id)).long()
         return self.aug(x, m) if self.aug else (x, m)
 
-# %% ../nbs/00_data.ipynb #c0ae83a2
+# %% ../nbs/00_data.ipynb #8c26092f
 class RefineDataset(torch.utils.data.Dataset):
     "Items (image, heat map, mask long) for refinement learning."
     def __init__(self, data, # a `SegData`
@@ -767,7 +767,7 @@ def autocast(device): # a `torch.device` (or its name)
     return torch.autocast('cuda', dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
 
 
-# %% ../nbs/00_data.ipynb #303f5801
+# %% ../nbs/00_data.ipynb #cf1182fb
 def _loaders(train_ds, valid_ds, bs, valid_bs, num_workers, device):
     dl = lambda ds, b, train: DataLoader(ds, bs=b, shuffle=train, drop_last=train and len(ds) > b, num_workers=num_workers,
                                          create_batch=pad_collate)
@@ -791,7 +791,7 @@ def cls_dls(data, # a `SegData`
     return _loaders(ClsDataset(data, train, JointAugment(size, scale, flip)), ClsDataset(data, valid),
                     bs, valid_bs, num_workers, device)
 
-# %% ../nbs/00_data.ipynb #aa235783
+# %% ../nbs/00_data.ipynb #8a849214
 def refine_dls(data, # a `SegData`
                heatmaps, # heat maps: a folder of <id>.npz or a callable id -> (n_classes, H, W)
                size=320, # crop size (paper: 320)
