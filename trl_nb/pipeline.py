@@ -12,7 +12,7 @@ from fastcore.script import call_parse, Param
 from fastai.torch_core import set_seed
 from .data import DataError, write_json, run_cli, fit_logging, validate_data, SegData, atomic_write, load_image, load_heatmap, load_mask, save_mask, colorize, voc_palette, imagenet_weights
 from .metrics import evaluate_folder
-from .synth import synthesize
+from .synth import synthesize, EMBEDDED
 from .cam import cam_learner, train_cam, extract_cams, save_cam_model, load_cam_model, cam_threshold_sweep, cam_to_labels
 from .refine import refine, refine_config, pretrain_image_stream, evaluate_stages, stage_names, refine_configs
 from .segment import train_segmenter, save_segmenter, load_segmenter, predict_folder, plot_segmentations, segmenter_name, RESNET_TRUNK, PAPER_SEGMENTER
@@ -23,7 +23,7 @@ __all__ = ['run_configs', 'TWINS_IMAGENET', 'choose_config', 'data_identity', 'p
            'run_pipeline', 'stage_costs', 'show_run_config', 'trl_run', 'trl_run_main']
 
 # %% ../nbs/08_pipeline.ipynb #c2ef14b3
-_cpu_seg = dict(arch='resnet18', output_stride=8, num_stages=3, dilation=2, init='cam', epochs=8, steps=640, size=64, bs=8, lr=3e-3,
+_cpu_seg = dict(arch='resnet18', output_stride=4, num_stages=2, dilation=4, init='cam', epochs=8, steps=640, size=64, bs=8, lr=3e-3,
                 schedule='one_cycle', nh=256, dropout=0.1, strong_frac=0.75, freeze_bn=False)
 run_configs = dict(
     quick=dict(synth=dict(n_classes=3, size=80, n_strong=12, n_weak=24, n_val=8),
@@ -32,7 +32,7 @@ run_configs = dict(
                refine=dict(config='small', rounds=2, epochs=2, folds=2),
                seg=dict(_cpu_seg, epochs=2, steps=8, nh=128),
                baselines=('sup_only', 'full_sup', 'cam')),
-    cpu=dict(synth=dict(size=64, scale=(0.18, 0.32), n_clutter=2.),
+    cpu=dict(synth=dict(EMBEDDED),
              cam=dict(arch='resnet18', output_stride=16, epochs=10, size=64, bs=32, lr=3e-3, scales=(1.0, 1.5), flip=True, cam_bs=32),
              pretrain=dict(epochs=6, lr=2e-3, bs=32),
              refine=dict(config='small', rounds=2, epochs=45, lr=3e-3, strong_maps='self'),

@@ -14,8 +14,8 @@ from fastcore.script import call_parse
 from .data import VOID, DataError, run_cli, atomic_write, save_mask, load_mask, SegData
 
 # %% auto #0
-__all__ = ['SHAPES', 'CLUTTER', 'SPLITS', 'shape_mask', 'random_colour', 'smooth_field', 'texture', 'Synth', 'mask_labels',
-           'image_rng', 'split_ids', 'synthesize', 'trl_synth', 'trl_synth_main', 'synth_fixture']
+__all__ = ['SHAPES', 'CLUTTER', 'SPLITS', 'EMBEDDED', 'shape_mask', 'random_colour', 'smooth_field', 'texture', 'Synth',
+           'mask_labels', 'image_rng', 'split_ids', 'synthesize', 'trl_synth', 'trl_synth_main', 'synth_fixture']
 
 # %% ../nbs/01_synth.ipynb #4f1a7dcd
 def _triangle(u, v):
@@ -351,3 +351,8 @@ def synth_fixture(out, # folder to create (a rerun with the same arguments reuse
         _write_text(out/'image_labels.json', json.dumps(labels, indent=1) + '\n')
     return SegData(out)
 
+
+# %% ../nbs/01_synth.ipynb #529c1ce0
+# the embedded data set of `trl_run`'s CPU configuration (`run_configs['cpu']['synth']`)
+EMBEDDED = dict(n_classes=10, size=64, max_objects=1, scale=(0.18, 0.32), n_clutter=2., background_contrast=0.3,
+                clutter_contrast=0.3)
