@@ -16,8 +16,8 @@ from fastai.torch_core import default_device
 
 # %% auto #0
 __all__ = ['VOID', 'atomic_write', 'cli_parser', 'run_cli', 'interactive', 'epoch_logger', 'tensorboard_cb', 'fit_logging',
-           'EpochCheckpoint', 'write_json', 'read_json', 'voc_palette', 'save_mask', 'load_mask', 'load_image',
-           'quantize_heatmap', 'save_heatmap', 'load_heatmap', 'SegData', 'DataError', 'validate_data',
+           'EpochCheckpoint', 'write_json', 'read_json', 'Records', 'voc_palette', 'save_mask', 'load_mask',
+           'load_image', 'quantize_heatmap', 'save_heatmap', 'load_heatmap', 'SegData', 'DataError', 'validate_data',
            'imagenet_weights', 'image_tensor', 'colorize', 'JointAugment', 'MaskReader', 'HeatmapReader', 'ClsDataset',
            'SegDataset', 'RefineDataset', 'pad_collate', 'size_batches', 'ImageBatches', 'autocast', 'cls_dls',
            'refine_dls']
@@ -185,6 +185,17 @@ def read_json(path): # a file written by `write_json`
     try: return json.loads(Path(path).read_text())
     except (OSError, ValueError) as e: raise ValueError(f'cannot read {path}: {e}') from e
 
+
+# %% ../nbs/00_data.ipynb #5cddfd1f
+class Records:
+    "A folder of JSON records, one per finished step: what a resumed run reads instead of redoing the step."
+    def __init__(self, folder): self.folder = Path(folder)
+    def path(self, name:str)->Path: return self.folder/f'{name}.json'
+    def done(self, name:str)->bool: return self.path(name).exists()
+    def read(self, name:str): return read_json(self.path(name))
+    def write(self, name:str, rec): # written once the step's files are all on disk, so that it counts as done only then
+        write_json(rec, self.path(name)); return rec
+    def __repr__(self): return f'Records({self.folder})'
 
 # %% ../nbs/00_data.ipynb #aedc3ea6
 def voc_palette(n=256):

@@ -10,7 +10,7 @@ import numpy as np, pandas as pd, torch
 from fastcore.basics import store_attr, patch
 from fastcore.script import call_parse, Param
 from fastai.torch_core import set_seed
-from .data import DataError, write_json, run_cli, fit_logging, validate_data, SegData, atomic_write, load_image, load_heatmap, load_mask, save_mask, colorize, voc_palette, imagenet_weights
+from .data import DataError, write_json, Records, run_cli, fit_logging, validate_data, SegData, atomic_write, load_image, load_heatmap, load_mask, save_mask, colorize, voc_palette, imagenet_weights
 from .metrics import evaluate_folder
 from .synth import synthesize, EMBEDDED
 from .cam import cam_learner, train_cam, extract_cams, save_cam_model, load_cam_model, cam_threshold_sweep, cam_to_labels
@@ -199,10 +199,10 @@ class Run:
         self.out = Path(out)
         if config is not None and config not in run_configs:
             raise ValueError(f'unknown configuration {config!r}, expected one of {list(run_configs)}')
-        self.progress = self.out/'progress'
+        self.progress = Records(self.out/'progress')  # a record per finished stage
 
-    def done(self, name): return (self.progress/f'{name}.json').exists()
-    def record(self, name): return json.loads((self.progress/f'{name}.json').read_text())
+    def done(self, name): return self.progress.done(name)
+    def record(self, name): return self.progress.read(name)
 
     def stage(self, name, fn):
         "Result of stage `name`: read from its record when finished before, else `fn()` timed and recorded."
@@ -216,8 +216,7 @@ class Run:
         res = dict(fn() or {})
         res['seconds'] = round(time.perf_counter() - t, 2)
         if cuda: res['gpu_peak_gib'] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-        write_json(res, self.progress/f'{name}.json')
-        return res
+        return self.progress.write(name, res)  # written last: the stage counts as done only now
 
     def __repr__(self): return f'Run({self.out}, data={self.data}, config={self.config!r})'
 
@@ -277,7 +276,7 @@ def prepare(self:Run):
         saved = self.record('config')
         if diff := _differences(saved, want):
             raise DataError(f'{self.out} holds a run made with other settings ({diff}); use another --out, or --fresh to start over')
-    else: write_json(want, self.progress/'config.json')
+    else: self.progress.write('config', want)
     self.config, self.cfg = want['name'], want['settings']
     self.weak_masks = all(self.ds.mask_path(i).exists() for i in self.ds.ids('train_weak'))
     return self
@@ -572,7 +571,7 @@ def stage_costs(out # a run folder
     order = [n for n in _STAGE_FILES if n in names] + sorted(names - set(_STAGE_FILES), key=lambda n: (n != 'seg_trl', n))
     rows = []
     for name in order:
-        rec = json.loads((out/'progress'/f'{name}.json').read_text())
+        rec = Records(out/'progress').read(name)
         pats = _STAGE_FILES.get(name) or [f'checkpoints/{name}.pth', 'predictions' if name == 'seg_trl' else f'baselines/{name[4:]}']
         rows.append(dict(stage=name, seconds=rec.get('seconds'), gpu_peak_gib=rec.get('gpu_peak_gib'),
                          disk_gib=round(_gib([p for pat in pats for p in out.glob(pat)]), 4)))

@@ -20,7 +20,7 @@ from fastai.data.load import DataLoader
 from fastai.torch_core import set_seed, default_device
 from fastprogress.fastprogress import progress_bar
 from .data import (run_cli, fit_logging, EpochCheckpoint, interactive, DataError, validate_data, VOID, SegData, atomic_write, save_mask, load_mask, save_heatmap, load_heatmap,
-                         write_json, read_json, ImageBatches, autocast, HeatmapReader, RefineDataset, JointAugment, pad_collate, refine_dls)
+                         write_json, read_json, Records, ImageBatches, autocast, HeatmapReader, RefineDataset, JointAugment, pad_collate, refine_dls)
 from .metrics import ConfusionMatrix, evaluate_folder
 from .dctn import dctn, dctn_config, class_label_filter, load_twins_weights, TwinsClassifier
 from .cam import cam_threshold_sweep
@@ -257,12 +257,12 @@ class Refinement:
         self.out = Path(out)
         self.heatmaps = (self.out/'heatmaps'/'cam' if heatmaps is None else heatmaps if callable(heatmaps) else Path(heatmaps))
         self.cfg = refine_config(config, **kwargs)
+        self.store = Records(self.out/'checkpoints')  # a record per finished round and variant
         store_attr('seed,bar,device')
 
     def heat_dir(self, k:int): return self.heatmaps if k == 0 else self.out/'heatmaps'/f'round{k}'
     def stage_dir(self, name:str): return self.out/'stages'/name
     def ckpt(self, name:str): return self.out/'checkpoints'/f'{name}.pth'
-    def record(self, name:str): return self.out/'checkpoints'/f'{name}.json'
     @property
     def pseudo_dir(self): return self.out/'pseudo_labels'
 
@@ -287,9 +287,9 @@ class Refinement:
 @patch
 def check_settings(self:Refinement):
     "Record the settings in a new folder; refuse to resume a folder made with other settings."
-    fn, s = self.record('refine'), self.settings
-    if not fn.exists(): return write_json(s, fn)
-    old = read_json(fn)
+    s = self.settings
+    if not self.store.done('refine'): return self.store.write('refine', s)
+    old = self.store.read('refine')
     if old != s:
         diff = {k: (old.get(k), s.get(k)) for k in s if old.get(k) != s.get(k)}
         if 'config' in diff:
@@ -345,9 +345,8 @@ def strong_maps(self:Refinement, k:int # round whose maps are made
 def run_round(self:Refinement, k:int # round, from 1
              )->dict:
     "Round `k` (Fig. 2): train DCTN_k, refine the weak images, CLF, write h'_k; skipped when its record exists."
-    fn = self.record(f'round{k}')
-    if fn.exists(): return read_json(fn)
-    if k > 1 and not self.record(f'round{k-1}').exists(): raise RuntimeError(f'round {k-1} is not finished in {self.out}')
+    if self.store.done(f'round{k}'): return self.store.read(f'round{k}')
+    if k > 1 and not self.store.done(f'round{k-1}'): raise RuntimeError(f'round {k-1} is not finished in {self.out}')
     t, secs = time.perf_counter(), {}
     if k > 1:
         self.strong_maps(k - 1)
@@ -358,18 +357,17 @@ def run_round(self:Refinement, k:int # round, from 1
     self._write(learn.model, weak, k, raw_dest=self.stage_dir(f'dctn{k}'))
     secs['refine_weak'] = time.perf_counter() - t
     res = dict(round=k, variant=round_variant(k), n_weak=len(weak), seconds=secs)
-    write_json(res, fn)
-    return res
+    return self.store.write(f'round{k}', res)
 
 # %% ../nbs/06_refine.ipynb #660ca93e
 @patch
 def write_pseudo_labels(self:Refinement, k:int # the last round
                        )->Path:
     "Pseudo labels = argmax of h'_k (no threshold, no CRF) as palette PNGs in `<out>/pseudo_labels/`."
-    rec, want = self.record('pseudo_labels'), dict(round=k)
-    if not rec.exists() or read_json(rec) != want:
+    want = dict(round=k)
+    if not self.store.done('pseudo_labels') or self.store.read('pseudo_labels') != want:
         if self.pseudo_dir.exists(): shutil.rmtree(self.pseudo_dir)
-        write_json(want, rec)
+        self.store.write('pseudo_labels', want)
     n = self.data.n_classes
     for i in _progress(self.data.ids('train_weak'), self.bar):
         fn = self.pseudo_dir/f'{i}.png'
@@ -409,8 +407,7 @@ def refine(data, # the data set (`SegData` or its folder)
 def run_variant(self:Refinement, variant:str # a key of `trl_nb.dctn.dctn_variants`, e.g. 'dtn'
                )->dict:
     "Train `variant` in place of DCTN_1 and write its unfiltered labels of the weak images; skipped when recorded."
-    fn = self.record(f'variant_{variant}')
-    if fn.exists(): return read_json(fn)
+    if self.store.done(f'variant_{variant}'): return self.store.read(f'variant_{variant}')
     self.check_settings()
     t = time.perf_counter()
     learn = self.train(1, name=f'variant_{variant}', variant=variant)
@@ -419,8 +416,7 @@ def run_variant(self:Refinement, variant:str # a key of `trl_nb.dctn.dctn_varian
     write_refined(learn.model, self.data, self.data.ids('train_weak'), self.heat_dir(0), None, self.stage_dir(variant),
                   bs=self.cfg['infer_bs'], device=self.device, num_workers=self.cfg['num_workers'], bar=self.bar)
     res = dict(variant=variant, seconds=dict(secs, refine_weak=time.perf_counter() - t))
-    write_json(res, fn)
-    return res
+    return self.store.write(f'variant_{variant}', res)
 
 # %% ../nbs/06_refine.ipynb #7ab630f4
 stage_names = dict(cam='CAM', stn_image='STN (image)', stn_heat='STN (CAM)', stn_concat='STN (image + CAM)',
