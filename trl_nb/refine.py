@@ -20,7 +20,7 @@ from fastai.data.load import DataLoader
 from fastai.torch_core import set_seed, default_device
 from fastprogress.fastprogress import progress_bar
 from .data import (run_cli, fit_logging, EpochCheckpoint, interactive, DataError, validate_data, VOID, SegData, atomic_write, save_mask, load_mask, save_heatmap, load_heatmap,
-                         write_json, read_json, Records, ImageBatches, autocast, HeatmapReader, RefineDataset, JointAugment, pad_collate, refine_dls)
+                         Records, ImageBatches, autocast, HeatmapReader, RefineDataset, JointAugment, pad_collate, refine_dls)
 from .metrics import ConfusionMatrix, evaluate_folder
 from .dctn import dctn, dctn_config, class_label_filter, load_twins_weights, TwinsClassifier
 from .cam import cam_threshold_sweep
