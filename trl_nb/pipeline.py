@@ -18,7 +18,7 @@ from .refine import refine, refine_config, pretrain_image_stream, evaluate_stage
 from .segment import train_segmenter, save_segmenter, load_segmenter, predict_folder, plot_segmentations, segmenter_name, RESNET_TRUNK, PAPER_SEGMENTER
 
 # %% auto #0
-__all__ = ['run_configs', 'TWINS_IMAGENET', 'choose_config', 'data_identity', 'parse_overrides', 'check_overrides',
+__all__ = ['run_configs', 'TWINS_IMAGENET', 'choose_config', 'data_identity', 'read_yaml', 'parse_overrides', 'check_overrides',
            'check_settings', 'load_config', 'clear_run', 'remove_temp_files', 'Run', 'run_weights', 'report_markdown',
            'run_pipeline', 'stage_costs', 'show_run_config', 'trl_run', 'trl_run_main']
 
@@ -94,15 +94,22 @@ def _known_keys()->dict:
                     'pseudo_dir', 'mode', 'seed', 'ckpt', 'quiet', 'log', 'log_dir', 'dls', 'n_classes', 'device'},
                 baselines=None)
 
+def read_yaml(text:str):
+    "`text` read as YAML, with YAML 1.2's floats: `3e-4` is a number (PyYAML's YAML 1.1 would read a string)."
+    import re, yaml
+    class Loader(yaml.SafeLoader): pass
+    Loader.add_implicit_resolver('tag:yaml.org,2002:float', re.compile(r'^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$'), list('-+.0123456789'))
+    return yaml.load(text, Loader)
+
 def parse_overrides(items:list, # 'section.entry=value' strings, e.g. `['seg.epochs=1', 'refine.rounds=3']`
                    )->dict:
-    "Nested overrides from `--set` strings; each value is read as YAML (`1` an int, `[1, 1.5]` a list, `null` None)."
+    "Nested overrides from `--set` strings; each value is read as YAML (`1` an int, `3e-4` a float, `[1, 1.5]` a list, `null` None)."
     import yaml
     out = {}
     for s in items or []:
         key, eq, val = s.partition('=')
         if not eq or not key.strip(): raise DataError(f"--set {s!r}: expected SECTION.ENTRY=VALUE, e.g. --set seg.epochs=1")
-        try: v = yaml.safe_load(val)
+        try: v = read_yaml(val)
         except yaml.YAMLError as e: raise DataError(f'--set {s!r}: cannot read the value {val!r} ({str(e).splitlines()[0]})') from None
         *path, last = key.strip().split('.')
         d = out
@@ -147,7 +154,7 @@ def load_config(config:str=None, # a preset name (`run_configs`), a YAML/JSON fi
     p = Path(config)
     if not p.is_file():
         raise DataError(f'--config {config!r} is neither a configuration ({", ".join(run_configs)}) nor a file')
-    try: d = yaml.safe_load(p.read_text())
+    try: d = read_yaml(p.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e: raise DataError(f'cannot read --config {p}: {str(e).splitlines()[0]}') from None
     if not isinstance(d, dict): raise DataError(f'--config {p}: expected a mapping of sections (synth, cam, pretrain, refine, seg, baselines)')
     base = d.pop('base', 'cpu')
