@@ -23,8 +23,8 @@ __all__ = ['run_configs', 'TWINS_IMAGENET', 'choose_config', 'data_identity', 'r
            'run_pipeline', 'stage_costs', 'show_run_config', 'trl_run', 'trl_run_main']
 
 # %% ../nbs/08_pipeline.ipynb #c2ef14b3
-_cpu_seg = dict(arch='resnet18', output_stride=4, num_stages=2, dilation=4, init='cam', epochs=8, steps=640, size=64, bs=8, lr=3e-3,
-                schedule='one_cycle', nh=256, dropout=0.1, strong_frac=0.75, freeze_bn=False)
+_cpu_seg = dict(arch='resnet18', output_stride=4, num_stages=2, dilation=4, init='cam', epochs=8, steps=640, size=64, bs=8, lr=3e-4,
+                head_lr_mult=10, schedule='one_cycle', nh=256, dropout=0.1, strong_frac=0.5, freeze_bn=False)
 run_configs = dict(
     quick=dict(synth=dict(n_classes=3, size=80, n_strong=12, n_weak=24, n_val=8),
                cam=dict(arch='resnet18', output_stride=16, epochs=2, size=80, bs=16, lr=1e-3, scales=(1.0,), flip=True, cam_bs=16),
@@ -33,7 +33,7 @@ run_configs = dict(
                seg=dict(_cpu_seg, epochs=2, steps=8, nh=128),
                baselines=('sup_only', 'full_sup', 'cam')),
     cpu=dict(synth=dict(EMBEDDED),
-             cam=dict(arch='resnet18', output_stride=16, epochs=10, size=64, bs=32, lr=3e-3, scales=(1.0, 1.5), flip=True, cam_bs=32),
+             cam=dict(arch='resnet18', output_stride=16, epochs=30, size=64, bs=32, lr=3e-3, scales=(1.0, 1.5), flip=True, cam_bs=32),
              pretrain=dict(epochs=6, lr=2e-3, bs=32),
              refine=dict(config='small', rounds=2, epochs=45, lr=3e-3, strong_maps='self'),
              seg=_cpu_seg,

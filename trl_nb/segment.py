@@ -29,8 +29,8 @@ from .refine import step_schedule
 
 # %% auto #0
 __all__ = ['RESNETS', 'RESNET_TRUNK', 'STRONG', 'WEAK', 'SEGMENTERS', 'MODES', 'PAPER_SEGMENTER', 'load_imagenet_weights',
-           'resnet_backbone', 'LargeFOVHead', 'TrunkHeads', 'DeepLabLargeFOV', 'DeepLabV3', 'SingleHead',
-           'segmenter_name', 'deeplab_splitter', 'broadcast_list', 'BranchDL', 'seg_cross_entropy',
+           'resnet_backbone', 'fov_classifier', 'LargeFOVHead', 'TrunkHeads', 'DeepLabLargeFOV', 'DeepLabV3',
+           'SingleHead', 'segmenter_name', 'deeplab_splitter', 'broadcast_list', 'BranchDL', 'seg_cross_entropy',
            'branch_cross_entropy', 'init_distributed', 'DDPTrainer', 'BranchDataset', 'train_items', 'segment_dls',
            'SegMIoU', 'segmenter_learner', 'train_segmenter', 'save_segmenter', 'load_segmenter', 'predict_folder',
            'plot_segmentations']
@@ -73,29 +73,38 @@ def resnet_backbone(arch:str='resnet101', # name of a torchvision ResNet
     return nn.Sequential(OrderedDict((n, getattr(net, n)) for n in trunk)), net.fc.in_features // 2**(4 - num_stages)
 
 # %% ../nbs/07_segment.ipynb #1bf79110
+def fov_classifier(ni:int, # input channels
+                   n_classes:int): # classes, background included
+    "DeepLabV1's classifier `fc8`: a 1x1 convolution initialised N(0, 0.01) with zero bias."
+    c = nn.Conv2d(ni, n_classes, 1)
+    nn.init.normal_(c.weight, std=0.01)
+    nn.init.zeros_(c.bias)
+    return c
+
 class LargeFOVHead(nn.Sequential):
-    "DeepLabV1 LargeFOV decode head: dilated 3x3 conv, 1x1 conv (ReLU + dropout each), 1x1 classifier."
+    "DeepLabV1 LargeFOV decode head: dilated 3x3 conv `fc6`, 1x1 conv `fc7` (ReLU + dropout each), 1x1 classifier `fc8`."
     def __init__(self,
                  ni:int, # input channels (backbone output)
-                 n_classes:int, # classes, background included
+                 n_classes:int|None, # classes, background included (None: `fc6` and `fc7` only, the shared neck of `split='classifier'`)
                  nh:int=1024, # hidden channels
                  dilation:int=12, # dilation of the 3x3 convolution
                  p:float=0.5): # dropout probability
         super().__init__(nn.Conv2d(ni, nh, 3, padding=dilation, dilation=dilation), nn.ReLU(inplace=True), nn.Dropout(p),
-                         nn.Conv2d(nh, nh, 1), nn.ReLU(inplace=True), nn.Dropout(p), nn.Conv2d(nh, n_classes, 1))
-        nn.init.normal_(self[-1].weight, std=0.01)
-        nn.init.zeros_(self[-1].bias)
+                         nn.Conv2d(nh, nh, 1), nn.ReLU(inplace=True), nn.Dropout(p),
+                         *([] if n_classes is None else [fov_classifier(nh, n_classes)]))
+
 
 # %% ../nbs/07_segment.ipynb #d083a30e
 STRONG, WEAK = 0, 1
 
 class TrunkHeads(nn.Module):
-    "A segmenter as the dual-branch training sees it: a shared `backbone` (images -> features) and `heads` (0: strong, 1: weak)."
-    def _build(self, config:dict, weights, freeze_bn:bool, make_head):
-        "Trunk from `config` (arch, output_stride, num_stages), `config['n_heads']` heads `make_head(channels)`, frozen BN."
+    "A segmenter as the dual-branch training sees it: a shared `backbone` and `neck` (images -> features) and `heads` (0: strong, 1: weak)."
+    def _build(self, config:dict, weights, freeze_bn:bool, make_head, make_neck=None):
+        "Trunk from `config` (arch, output_stride, num_stages), neck `make_neck(channels) -> (module, channels)`, `config['n_heads']` heads `make_head(channels)`, frozen BN."
         if config['n_heads'] not in (1, 2): raise ValueError(f"n_heads must be 1 or 2, got {config['n_heads']}")
         self.config = config
         self.backbone, ni = resnet_backbone(config['arch'], weights, config['output_stride'], config['num_stages'])
+        self.neck, ni = (nn.Identity(), ni) if make_neck is None else make_neck(ni)
         self.heads = nn.ModuleList(make_head(ni) for _ in range(config['n_heads']))
         self.freeze_bn = weights is not None if freeze_bn is None else freeze_bn
         if self.freeze_bn:
@@ -112,7 +121,7 @@ class TrunkHeads(nn.Module):
 
     def features(self, x:torch.Tensor)->torch.Tensor:
         f = self.backbone(x)
-        return f['out'] if isinstance(f, dict) else f  # torchvision's `IntermediateLayerGetter` returns a dict
+        return self.neck(f['out'] if isinstance(f, dict) else f)  # torchvision's `IntermediateLayerGetter` returns a dict
 
     def forward(self,
                 x:torch.Tensor, # images (B,3,H,W)
@@ -137,7 +146,7 @@ class TrunkHeads(nn.Module):
 
 # %% ../nbs/07_segment.ipynb #360bbdba
 class DeepLabLargeFOV(TrunkHeads):
-    "DeepLabV1-LargeFOV: dilated ResNet backbone and `n_heads` LargeFOV heads (0: strong, 1: weak)."
+    "DeepLabV1-LargeFOV: dilated ResNet backbone, LargeFOV `fc6`-`fc7`, and `n_heads` branches (0: strong, 1: weak) split at `split`."
     def __init__(self,
                  n_classes:int, # classes, background included
                  arch:str='resnet101', # torchvision ResNet name
@@ -148,11 +157,15 @@ class DeepLabLargeFOV(TrunkHeads):
                  output_stride:int=8, # backbone output stride (DeepLabV1: 8)
                  num_stages:int=4, # residual stages of the backbone (4: the whole ResNet)
                  dilation:int=12, # dilation of the heads' 3x3 convolution (DeepLabV1: 12 on a 41x41 map)
-                 dropout:float=0.5): # dropout of the heads (DeepLabV1: 0.5)
+                 dropout:float=0.5, # dropout of the heads (DeepLabV1: 0.5)
+                 split:str='classifier'): # where the branches part: 'classifier' (shared fc6, fc7; one fc8 each) or 'head' (a whole head each)
+        if split not in ('classifier', 'head'): raise ValueError(f"split must be 'classifier' or 'head', got {split!r}")
         super().__init__()
-        self._build(dict(model='deeplab_largefov', n_classes=n_classes, arch=arch, n_heads=n_heads, nh=nh,
-                         output_stride=output_stride, num_stages=num_stages, dilation=dilation, dropout=dropout),
-                    weights, freeze_bn, lambda ni: LargeFOVHead(ni, n_classes, nh, dilation, dropout))
+        cfg = dict(model='deeplab_largefov', n_classes=n_classes, arch=arch, n_heads=n_heads, nh=nh,
+                   output_stride=output_stride, num_stages=num_stages, dilation=dilation, dropout=dropout, split=split)
+        if split == 'head': self._build(cfg, weights, freeze_bn, lambda ni: LargeFOVHead(ni, n_classes, nh, dilation, dropout))
+        else: self._build(cfg, weights, freeze_bn, lambda ni: fov_classifier(ni, n_classes),
+                          lambda ni: (LargeFOVHead(ni, None, nh, dilation, dropout), nh))
 
 # %% ../nbs/07_segment.ipynb #d742c40c
 class DeepLabV3(TrunkHeads):
@@ -199,8 +212,8 @@ def segmenter_name(model:str, # a key of `SEGMENTERS`, or one joined to a ResNet
 
 # %% ../nbs/07_segment.ipynb #d74a978d
 def deeplab_splitter(model:DeepLabLargeFOV):
-    "Parameter groups: backbone, heads."
-    return [list(model.backbone.parameters()), list(model.heads.parameters())]
+    "Parameter groups: the backbone; the neck and heads (learnt from scratch)."
+    return [list(model.backbone.parameters()), list(model.neck.parameters()) + list(model.heads.parameters())]
 
 # %% ../nbs/07_segment.ipynb #b79c438b
 def broadcast_list(x:list): # nested lists of ints (rank 0's value is kept)
@@ -402,6 +415,7 @@ def segmenter_learner(dls:DataLoaders, # from `segment_dls`
                       num_stages:int=4, # residual stages of the backbone (3: without `layer4`)
                       dilation:int=12, # dilation of the heads' 3x3 convolution
                       dropout:float=0.5, # dropout of the heads
+                      split:str='classifier', # where the LargeFOV branches part: 'classifier' (shared fc6, fc7) or 'head'
                       freeze_bn:bool=None, # keep the backbone's batch norms fixed (default: when `weights` is given)
                       weak_weight:float=1., # weight of the weak head's loss (`dual`)
                       wd:float=0., # weight decay of Adam
@@ -417,7 +431,7 @@ def segmenter_learner(dls:DataLoaders, # from `segment_dls`
         net = model if isinstance(model, TrunkHeads) else SingleHead(model)
     elif (name := segmenter_name(model, arch))[0] == 'deeplab_largefov':
         net = DeepLabLargeFOV(n_classes, name[1], weights, n_heads, nh=nh, freeze_bn=freeze_bn, output_stride=output_stride,
-                              num_stages=num_stages, dilation=dilation, dropout=dropout)
+                              num_stages=num_stages, dilation=dilation, dropout=dropout, split=split)
     else: net = DeepLabV3(n_classes, name[1], weights, n_heads, freeze_bn, output_stride, num_stages, rates)
     metrics = [SegMIoU(n_classes)] if len(dls.valid) else []
     learn = Learner(dls, net.to(dls.device), loss_func=partial(branch_cross_entropy, weak_weight=weak_weight),
@@ -499,6 +513,7 @@ def load_segmenter(path, # checkpoint written by `save_segmenter`
     if not {'config', 'state_dict'} <= set(ck): raise ValueError(f'{path}: not a segmenter checkpoint (keys {sorted(ck)[:4]})')
     cfg = dict(ck['config'])
     name = cfg.pop('model', 'deeplab_largefov')  # checkpoints written before the choice of segmenter are LargeFOV
+    if name == 'deeplab_largefov': cfg.setdefault('split', 'head')  # and those written before the shared fc6, fc7 have whole heads
     if name not in SEGMENTERS: raise ValueError(f'{path}: unknown segmenter {name!r}')
     model = SEGMENTERS[name](**cfg, freeze_bn=False)
     model.load_state_dict(ck['state_dict'])
