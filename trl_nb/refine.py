@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_refine.ipynb #5b20c885
 from __future__ import annotations
-import json, shutil, time
+import hashlib, json, shutil, time
 from functools import partial
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn.functional as F
@@ -29,7 +29,8 @@ from .data import cls_dls
 # %% auto #0
 __all__ = ['refine_configs', 'stage_names', 'refine_config', 'round_variant', 'step_schedule', 'refine_learner', 'save_refiner',
            'load_refiner', 'train_round', 'pretrain_image_stream', 'predict_heatmaps', 'write_refined', 'fold_ids',
-           'Refinement', 'refine', 'evaluate_heatmaps', 'evaluate_stages', 'trl_refine', 'trl_refine_main']
+           'files_digest', 'Refinement', 'refine', 'evaluate_heatmaps', 'evaluate_stages', 'trl_refine',
+           'trl_refine_main']
 
 # %% ../nbs/06_refine.ipynb #85b07c61
 refine_configs = dict(
@@ -243,6 +244,15 @@ def fold_ids(ids:list, # ids to split
     return [[i for i, f in zip(ids, fold_of) if f == j] for j in range(folds)]
 
 # %% ../nbs/06_refine.ipynb #5a09b5e7
+def files_digest(path)->str|None:
+    "SHA-1 (16 hex digits) of a file's bytes, or of the names and bytes of a folder's files; None when `path` does not exist."
+    p = Path(path)
+    if not p.exists(): return None
+    h = hashlib.sha1()
+    for f in [p] if p.is_file() else sorted(q for q in p.rglob('*') if q.is_file()):
+        h.update(f.relative_to(p).as_posix().encode() + b'\0' + f.read_bytes())
+    return h.hexdigest()[:16]
+
 class Refinement:
     "The refinement rounds of one output folder: its paths, settings and resumable steps."
     def __init__(self, data:SegData|str, # the data set (or its folder)
@@ -278,8 +288,10 @@ class Refinement:
         skip = ('infer_bs', 'num_workers', 'save_every')
         cfg = {k: v for k, v in self.cfg.items() if k not in skip}
         if cfg.get('pretrained'): cfg['pretrained'] = self.where(cfg['pretrained'])
+        inputs = dict(heatmaps=None if callable(self.heatmaps) else files_digest(self.heatmaps),  # what h0 and the weights hold,
+                      pretrained=files_digest(self.cfg['pretrained']) if self.cfg.get('pretrained') else None)  # not only where
         return dict(config=json.loads(json.dumps(cfg)), seed=self.seed,
-                    heatmaps='<callable>' if callable(self.heatmaps) else self.where(self.heatmaps))
+                    heatmaps='<callable>' if callable(self.heatmaps) else self.where(self.heatmaps), inputs=inputs)
 
     def __repr__(self): return f'Refinement({self.data.root}, out={self.out}, config={self.cfg["name"]!r})'
 
@@ -290,12 +302,14 @@ def check_settings(self:Refinement):
     s = self.settings
     if not self.store.done('refine'): return self.store.write('refine', s)
     old = self.store.read('refine')
+    if 'inputs' not in old: s.pop('inputs')  # a folder recorded before the inputs' digests resumes on its settings
     if old != s:
         diff = {k: (old.get(k), s.get(k)) for k in s if old.get(k) != s.get(k)}
         if 'config' in diff:
             o, n = old.get('config', {}), s['config']
             diff['config'] = {k: (o.get(k), n.get(k)) for k in set(o) | set(n) if o.get(k) != n.get(k)}
-        raise DataError(f'{self.out} holds a refinement made with other settings (old, new): {diff}; '
+        what = 'other inputs (h0 or the pretrained weights changed)' if list(diff) == ['inputs'] else 'other settings'
+        raise DataError(f'{self.out} holds a refinement made with {what} (old, new): {diff}; '
                         'use another --out, or --fresh to start over')
 
 @patch
