@@ -98,7 +98,7 @@ def read_yaml(text:str):
     "`text` read as YAML, with YAML 1.2's floats: `3e-4` is a number (PyYAML's YAML 1.1 would read a string)."
     import re, yaml
     class Loader(yaml.SafeLoader): pass
-    Loader.add_implicit_resolver('tag:yaml.org,2002:float', re.compile(r'^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$'), list('-+.0123456789'))
+    Loader.add_implicit_resolver('tag:yaml.org,2002:float', re.compile(r'^[-+]?(?:\d[\d_]*(?:\.\d*)?|\.\d+)[eE][-+]?\d+$'), list('-+.0123456789'))
     return yaml.load(text, Loader)
 
 def parse_overrides(items:list, # 'section.entry=value' strings, e.g. `['seg.epochs=1', 'refine.rounds=3']`

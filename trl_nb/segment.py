@@ -121,7 +121,9 @@ class TrunkHeads(nn.Module):
 
     def features(self, x:torch.Tensor)->torch.Tensor:
         f = self.backbone(x)
-        return self.neck(f['out'] if isinstance(f, dict) else f)  # torchvision's `IntermediateLayerGetter` returns a dict
+        f = f['out'] if isinstance(f, dict) else f  # torchvision's `IntermediateLayerGetter` returns a dict
+        neck = getattr(self, 'neck', None)  # a user's `TrunkHeads` may have none
+        return f if neck is None else neck(f)
 
     def forward(self,
                 x:torch.Tensor, # images (B,3,H,W)
@@ -213,7 +215,8 @@ def segmenter_name(model:str, # a key of `SEGMENTERS`, or one joined to a ResNet
 # %% ../nbs/07_segment.ipynb #d74a978d
 def deeplab_splitter(model:DeepLabLargeFOV):
     "Parameter groups: the backbone; the neck and heads (learnt from scratch)."
-    return [list(model.backbone.parameters()), list(model.neck.parameters()) + list(model.heads.parameters())]
+    neck = getattr(model, 'neck', None)
+    return [list(model.backbone.parameters()), (list(neck.parameters()) if neck is not None else []) + list(model.heads.parameters())]
 
 # %% ../nbs/07_segment.ipynb #b79c438b
 def broadcast_list(x:list): # nested lists of ints (rank 0's value is kept)
