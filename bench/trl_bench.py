@@ -14,7 +14,8 @@ from types import SimpleNamespace
 import numpy as np, torch, torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count, sdpa_backward_flop_count
 from trl_nb.dctn import dctn, CrossTransformerBlock, class_label_filter
-from trl_nb.data import DataError, run_cli, SegData, atomic_write, autocast, save_heatmap, load_heatmap, save_mask
+from trl_nb.core import DataError, run_cli, atomic_write, autocast
+from trl_nb.data import SegData, save_heatmap, load_heatmap, save_mask
 from trl_nb.synth import synth_fixture
 
 HERE = Path(__file__).resolve().parent  # the folder of this file: child processes import the harness from it
@@ -104,7 +105,7 @@ def builder(f):
 def _device(device=None): return torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
 
 def _precision(device, amp:bool):
-    "`trl_nb.data.autocast` when `amp` (mixed precision on CUDA, a no-op elsewhere), full precision otherwise"
+    "`trl_nb.core.autocast` when `amp` (mixed precision on CUDA, a no-op elsewhere), full precision otherwise"
     return autocast(device) if amp else nullcontext()
 
 def _child_main():

@@ -2,7 +2,7 @@
 
 With a real `quarto` on PATH this is nbdev's own route, `nbdev_docs`. Without one (the usual case here: no Quarto
 binary can be installed) it does what `nbdev_proc_nbs` does, minus its attempt to download Quarto: the sidebar is
-generated from the notebook list (`nbs/sidebar.yml`, pipeline order: index, 00_data ... 10_bench, then the
+generated from the notebook list (`nbs/sidebar.yml`, pipeline order: index, 00_core, 00_data ... 10_bench, then the
 tutorials folder), the notebooks are processed into `_proc/` (show_doc with parameter tables, directives applied,
 hidden cells removed), and `smalldocs` renders `_proc/` into a website from the same `_quarto.yml`.
 

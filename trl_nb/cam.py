@@ -20,8 +20,8 @@ from fastai.callback.schedule import fit_one_cycle
 import fastai.callback.channelslast  # Learner.to_channelslast
 from fastai.torch_core import params, set_seed
 from fastai.metrics import accuracy_multi
-from .data import (run_cli, fit_logging, interactive, DataError, validate_data, VOID, SegData, cls_dls, save_heatmap, load_heatmap, atomic_write,
-                         ImageBatches, autocast, write_json, read_json)
+from .core import run_cli, fit_logging, interactive, DataError, atomic_write, autocast, write_json, read_json
+from .data import validate_data, VOID, SegData, cls_dls, save_heatmap, load_heatmap, ImageBatches
 from .metrics import ConfusionMatrix
 
 # %% ../nbs/04_cam.ipynb #6735a5d7
@@ -189,13 +189,15 @@ def extract_cams(model:CAMNet, # trained classifier
                  progress:bool=True): # show a progress bar
     "Write the `h0` heat map of every id in `ids` to `out_dir`, skipping files that exist; returns the ids written."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
-    todo = [i for i in list(ids)[rank::world_size] if not (out_dir/f'{i}.npz').exists()]
-    dl = ImageBatches(data, todo, bs, data.labels).loader(num_workers)
+    mine = list(ids)[rank::world_size]
+    todo = [i for i in mine if not (out_dir/f'{i}.npz').exists()]
+    missing = set(todo)  # batched as in an uninterrupted run (`ImageBatches`), written only where missing
+    dl = ImageBatches(data, mine, bs, data.labels, keep=missing.__contains__).loader(num_workers)
     dev, done = next(model.parameters()).device, []
     for ids_b, x, labels in progress_bar(dl, leave=False) if progress and interactive() else dl:  # a hidden console bar still prints
         h = cam_heatmaps(model, x.to(dev, non_blocking=True), labels, scales, flip).cpu().numpy()
-        for i, hi in zip(ids_b, h): save_heatmap(hi, out_dir/f'{i}.npz')
-        done += ids_b
+        for i, hi in zip(ids_b, h):
+            if i in missing: save_heatmap(hi, out_dir/f'{i}.npz'); done.append(i)
     return done
 
 # %% ../nbs/04_cam.ipynb #cb6432aa

@@ -10,7 +10,8 @@ import numpy as np, pandas as pd, torch
 from fastcore.basics import store_attr, patch
 from fastcore.script import call_parse, Param
 from fastai.torch_core import set_seed
-from .data import DataError, write_json, Records, run_cli, fit_logging, validate_data, SegData, atomic_write, load_image, load_heatmap, load_mask, save_mask, colorize, voc_palette, imagenet_weights
+from .core import DataError, write_json, Records, run_cli, fit_logging, atomic_write
+from .data import validate_data, SegData, load_image, load_heatmap, load_mask, save_mask, colorize, voc_palette, imagenet_weights
 from .metrics import evaluate_folder
 from .synth import synthesize, EMBEDDED
 from .cam import cam_learner, train_cam, extract_cams, save_cam_model, load_cam_model, cam_threshold_sweep, cam_to_labels
@@ -18,9 +19,9 @@ from .refine import refine, refine_config, pretrain_image_stream, evaluate_stage
 from .segment import train_segmenter, save_segmenter, load_segmenter, predict_folder, plot_segmentations, segmenter_name, RESNET_TRUNK, PAPER_SEGMENTER
 
 # %% auto #0
-__all__ = ['run_configs', 'TWINS_IMAGENET', 'choose_config', 'data_identity', 'read_yaml', 'parse_overrides', 'check_overrides',
-           'check_settings', 'load_config', 'clear_run', 'remove_temp_files', 'Run', 'run_weights', 'report_markdown',
-           'run_pipeline', 'stage_costs', 'show_run_config', 'trl_run', 'trl_run_main']
+__all__ = ['run_configs', 'run_segmenters', 'TWINS_IMAGENET', 'choose_config', 'data_identity', 'read_yaml', 'parse_overrides',
+           'check_overrides', 'check_settings', 'load_config', 'clear_run', 'remove_temp_files', 'Run', 'run_weights',
+           'report_markdown', 'run_pipeline', 'stage_costs', 'show_run_config', 'trl_run', 'trl_run_main']
 
 # %% ../nbs/08_pipeline.ipynb #c2ef14b3
 _cpu_seg = dict(arch='resnet18', output_stride=4, num_stages=2, dilation=4, init='cam', epochs=8, steps=640, size=64, bs=8, lr=3e-4,
@@ -47,6 +48,10 @@ run_configs = dict(
                baselines=('sup_only', 'full_sup')))
 # the paper's recipe on a generated data set of VOC's shape: a rehearsal of its time, memory and disk
 run_configs['voc_synth'] = dict(run_configs['paper'], synth=dict(n_classes=20, size=320, n_strong=1464, n_weak=9118, n_val=1449))
+# the segmenters a run trains (TRL, and the baselines its configuration names): name -> (`train_segmenter` mode, labels of the weak images)
+run_segmenters = dict(trl=('dual', 'trl'), sup_only=('sup_only', None), full_sup=('full_sup', None), cam=('dual', 'cam'),
+                      naive=('naive', 'trl'), dual_oracle=('dual', 'true'))
+_ORACLES = ('full_sup', 'dual_oracle')  # baselines trained on the weak images' true masks: skipped when those are not on disk
 
 # %% ../nbs/08_pipeline.ipynb #e83eca0e
 def choose_config(data:SegData, # the data set
@@ -92,7 +97,7 @@ def _known_keys()->dict:
                 refine=set(refine_configs['small']) | {'rounds', 'config'},
                 seg=(params(train_segmenter, segment_dls, segmenter_learner) | {'init'}) - {
                     'pseudo_dir', 'mode', 'seed', 'ckpt', 'quiet', 'log', 'log_dir', 'dls', 'n_classes', 'device'},
-                baselines=None)
+                baselines=set(run_segmenters) - {'trl'})
 
 def read_yaml(text:str):
     "`text` read as YAML, with YAML 1.2's floats: `3e-4` is a number (PyYAML's YAML 1.1 would read a string)."
@@ -123,7 +128,12 @@ def check_overrides(overrides:dict):
     known = _known_keys()
     for sec, v in (overrides or {}).items():
         if sec not in known: raise DataError(f'unknown configuration section {sec!r}: choose one of {", ".join(known)}')
-        if known[sec] is None: continue
+        if sec == 'baselines':
+            if not isinstance(v, (list, tuple)):
+                raise DataError(f"baselines takes a list of names, e.g. --set 'baselines=[sup_only, cam]' (or [] for none), got {v!r}")
+            if bad := [b for b in v if b not in known[sec]]:
+                raise DataError(f'unknown baseline {bad[0]!r}: choose among {", ".join(sorted(known[sec]))}')
+            continue
         if not isinstance(v, dict): raise DataError(f'configuration section {sec!r} takes entries (e.g. --set {sec}.ENTRY=VALUE), got {v!r}')
         if bad := sorted(set(v) - known[sec]):
             raise DataError(f'unknown entry {sec}.{bad[0]}: {sec} takes {", ".join(sorted(known[sec]))}')
@@ -386,14 +396,15 @@ def cam_pseudo_labels(self:Run):
 
 # %% ../nbs/08_pipeline.ipynb #5afb2719
 @patch
-def run_segment(self:Run, name:str # 'trl', 'sup_only', 'naive', 'cam' or 'full_sup'
+def run_segment(self:Run, name:str # a key of `run_segmenters`: 'trl', 'sup_only', 'full_sup', 'cam', 'naive' or 'dual_oracle'
                ):
     "Train the segmenter `name`, predict the val images, and score them."
     c = dict(self.cfg['seg'])
-    mode = dict(trl='dual', cam='dual', naive='naive', sup_only='sup_only', full_sup='full_sup')[name]
+    mode, labels = run_segmenters[name]
+    if labels == 'true' and not self.weak_masks: raise DataError(f'segmenter {name!r} trains on the weak images\' true masks, which are not in {self.ds.mask_dir}')
     def _run():
-        pseudo = dict(trl=self.out/'pseudo_labels', naive=self.out/'pseudo_labels').get(name)
-        if name == 'cam': pseudo = self.cam_pseudo_labels()
+        pseudo = dict(trl=self.out/'pseudo_labels', true=self.ds.mask_dir).get(labels)
+        if labels == 'cam': pseudo = self.cam_pseudo_labels()
         if c.pop('init', None) == 'cam': c['weights'] = str(self.seg_init_weights())
         else: c['weights'] = None if self.weights['seg'] is None else str(self.weights['seg'])
         if mode != 'dual': c.pop('strong_frac', None)
@@ -442,7 +453,7 @@ def plot_rounds(self:Run, ids:list=None, # weak images to show (default: the fir
 def plot_losses(self:Run):
     "The loss curves of every training of the run, one panel each, from the CSV histories in `<out>/logs/`."
     import matplotlib.pyplot as plt
-    order = ['cam', 'pretrain', 'dctn1', 'dctn2', 'seg_trl', 'seg_sup_only', 'seg_full_sup', 'seg_cam', 'seg_naive']
+    order = ['cam', 'pretrain', 'dctn1', 'dctn2', 'seg_trl', 'seg_sup_only', 'seg_full_sup', 'seg_cam', 'seg_naive', 'seg_dual_oracle']
     logs = sorted((self.out/'logs').glob('*.csv'), key=lambda p: (order.index(p.stem) if p.stem in order else len(order), p.stem))
     n = max(len(logs), 1)
     fig, axs = plt.subplots((n + 3)//4, min(n, 4), figsize=(3.2*min(n, 4), 2.4*((n + 3)//4)), squeeze=False)
@@ -485,7 +496,7 @@ def write_figures(self:Run, report:dict):
     figs = self.out/'figures'
     _save_fig(self.plot_rounds(), figs/'fig1_refinement_rounds.png')
     val = self.ds.ids('val')[:4]
-    cols = {n: self.pred_dir(n) for n in report['segmentation_miou'] if n not in ('trl', 'full_sup')}
+    cols = {n: self.pred_dir(n) for n in report['segmentation_miou'] if n != 'trl' and n not in _ORACLES}
     cols = {**{n.replace('_', ' '): d for n, d in cols.items()}, 'TRL': self.pred_dir('trl')}
     _save_fig(plot_segmentations(self.ds, val, cols), figs/'fig5_segmentations.png')
     _save_fig(self.plot_miou(report), figs/'miou_per_stage.png')
@@ -557,7 +568,7 @@ def run_pipeline(out='runs/default', # output folder
     res = {'data': run.record('data')} if run.done('data') else {}
     res.update(cam=run.run_cam(), refine=run.run_refine())
     if run.done('pretrain'): res['pretrain'] = run.record('pretrain')
-    names = ['trl'] + [b for b in run.cfg['baselines'] if b != 'full_sup' or run.weak_masks]
+    names = ['trl'] + [b for b in run.cfg['baselines'] if b not in _ORACLES or run.weak_masks]
     for name in names: res[f'seg_{name}'] = run.run_segment(name)
     return run.report(res)
 

@@ -8,7 +8,8 @@ import json, math, os, shutil, xml.etree.ElementTree as ET
 from pathlib import Path
 import numpy as np
 from PIL import Image
-from .data import VOID, SegData, atomic_write, save_mask, load_mask
+from .core import atomic_write
+from .data import VOID, SegData, save_mask, load_mask
 
 # %% auto #0
 __all__ = ['VOC_CLASSES', 'read_id_list', 'write_vocdevkit', 'prepare_voc', 'proportion_splits', 'coco_classes',

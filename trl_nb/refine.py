@@ -19,8 +19,9 @@ from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 from fastai.torch_core import set_seed, default_device
 from fastprogress.fastprogress import progress_bar
-from .data import (run_cli, fit_logging, EpochCheckpoint, interactive, DataError, validate_data, VOID, SegData, atomic_write, save_mask, load_mask, save_heatmap, load_heatmap,
-                         Records, ImageBatches, autocast, HeatmapReader, RefineDataset, JointAugment, pad_collate, refine_dls)
+from .core import run_cli, fit_logging, EpochCheckpoint, interactive, DataError, atomic_write, Records, autocast
+from .data import (validate_data, VOID, SegData, save_mask, load_mask, save_heatmap, load_heatmap, ImageBatches, HeatmapReader,
+                         RefineDataset, JointAugment, pad_collate, refine_dls)
 from .metrics import ConfusionMatrix, evaluate_folder
 from .dctn import dctn, dctn_config, class_label_filter, load_twins_weights, TwinsClassifier
 from .cam import cam_threshold_sweep
@@ -193,13 +194,14 @@ def predict_heatmaps(model:torch.nn.Module, # a refinement network
                      device=None, # default: the GPU when there is one
                      num_workers:int=0, # loader worker processes
                      bar:bool=True, # show a progress bar
+                     keep=None, # callable id -> bool: only the batches holding such an id (see `ImageBatches`)
                     ):
     "Yield `(id, probs)` for `ids`: the softmax of `model(image, heat map)`, (C, H, W) float32 on the CPU."
     device = torch.device(device) if device is not None else default_device()
     cuda = device.type == 'cuda'
     model = model.to(device).eval()
     if cuda: model = model.to(memory_format=torch.channels_last)
-    batches = ImageBatches(data, ids, bs, HeatmapReader(data, heatmaps))
+    batches = ImageBatches(data, ids, bs, HeatmapReader(data, heatmaps), keep=keep)
     for bids, x, h in _progress(batches.loader(num_workers), bar and len(batches) > 0, len(batches)):
         x, h = x.to(device), h.to(device)
         if cuda: x, h = x.contiguous(memory_format=torch.channels_last), h.contiguous(memory_format=torch.channels_last)
@@ -223,8 +225,11 @@ def write_refined(model:torch.nn.Module, # a refinement network
     "Refine `ids` and write their maps (after CLF) and unfiltered labels; returns the ids written (others were there)."
     done = lambda i: ((dest is None or (Path(dest)/f'{i}.npz').exists()) and
                       (raw_dest is None or (Path(raw_dest)/f'{i}.png').exists()))
-    todo = [i for i in list(ids)[rank::world_size] if not done(i)]
-    for id, p in predict_heatmaps(model, data, todo, heatmaps, bs, device, num_workers, bar):
+    mine = list(ids)[rank::world_size]
+    todo = [i for i in mine if not done(i)]
+    missing = set(todo)  # batched as in an uninterrupted run (`ImageBatches`), written only where missing
+    for id, p in predict_heatmaps(model, data, mine, heatmaps, bs, device, num_workers, bar, keep=missing.__contains__):
+        if id not in missing: continue
         if raw_dest is not None: save_mask(p.argmax(0).byte().numpy(), Path(raw_dest)/f'{id}.png')
         if dest is None: continue
         if clf: p = class_label_filter(p[None], torch.from_numpy(data.labels(id))[None])[0]
@@ -346,12 +351,12 @@ def strong_maps(self:Refinement, k:int # round whose maps are made
     strong = self.data.ids('train_strong')
     todo = [i for i in strong if not (self.heat_dir(k)/f'{i}.npz').exists()]
     if not todo: return []
-    if self.cfg['strong_maps'] == 'self': return self._write(self.train(k).model, todo, k)
+    if self.cfg['strong_maps'] == 'self': self._write(self.train(k).model, strong, k); return todo
     for j, fold in enumerate(fold_ids(strong, self.cfg['folds'], self.seed + k)):
         held = [i for i in fold if i in set(todo)]
         if not held: continue
         rest = [i for i in strong if i not in set(fold)]
-        self._write(self.train(k, rest, f'dctn{k}_fold{j}', seed=self.seed + 100*k + j + 1).model, held, k)
+        self._write(self.train(k, rest, f'dctn{k}_fold{j}', seed=self.seed + 100*k + j + 1).model, fold, k)
     return todo
 
 # %% ../nbs/06_refine.ipynb #e4770b88

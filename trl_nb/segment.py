@@ -22,7 +22,8 @@ from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.schedule import ParamScheduler
 from fastai.learner import Learner, Metric
 from fastai.optimizer import Adam
-from .data import VOID, fit_logging, EpochCheckpoint, save_mask, load_mask, atomic_write, colorize, JointAugment, SegDataset, pad_collate, ImageBatches, autocast
+from .core import fit_logging, EpochCheckpoint, atomic_write, autocast
+from .data import VOID, save_mask, load_mask, colorize, JointAugment, SegDataset, pad_collate, ImageBatches
 from .metrics import ConfusionMatrix
 from .cam import dilate_resnet
 from .refine import step_schedule

@@ -11,7 +11,8 @@ from PIL import Image
 from fastcore.basics import store_attr, patch
 from fastcore.parallel import parallel
 from fastcore.script import call_parse
-from .data import VOID, DataError, run_cli, atomic_write, save_mask, load_mask, SegData
+from .core import DataError, run_cli, atomic_write
+from .data import VOID, save_mask, load_mask, SegData
 
 # %% auto #0
 __all__ = ['SHAPES', 'CLUTTER', 'SPLITS', 'EMBEDDED', 'shape_mask', 'random_colour', 'smooth_field', 'texture', 'Synth',
