@@ -240,7 +240,7 @@ def image(self:SegData, id)->np.ndarray:
     return load_image(self.image_path(id))
 
 @patch
-def size(self:SegData, id)->tuple:
+def image_size(self:SegData, id)->tuple:
     "`id`'s image size (H, W), read from the file header only (cached)."
     if id not in self._sizes:
         p = self.image_path(id)
@@ -258,7 +258,7 @@ def mask_path(self:SegData, id)->Path: return self.mask_dir/f'{id}.png'
 def eval_mask(self:SegData, id)->np.ndarray:
     "EVALUATION accessor: `id`'s mask, (H, W) uint8, for any id with a mask on disk (weak ids included)."
     p = self.mask_path(id)
-    m, size = load_mask(p, n_classes=self.n_classes), self.size(id)
+    m, size = load_mask(p, n_classes=self.n_classes), self.image_size(id)
     if m.shape != size: raise ValueError(f'mask {p} has size {m.shape}, but its image {self.image_path(id)} has size {size}')
     return m
 
@@ -332,7 +332,7 @@ def check(self:SegData, splits=('train_strong', 'train_weak', 'val'), # splits t
             try: self.image_path(id)
             except FileNotFoundError as e: problems.append(f'{self.split_path(split)}: {e}'); continue
             try:
-                self.size(id)
+                self.image_size(id)
                 if split == 'train_weak': self.labels(id)
                 else: self.eval_mask(id)
             except (FileNotFoundError, ValueError) as e: problems.append(str(e))
@@ -490,8 +490,8 @@ class MaskReader:
         if self.masks is None: return self.data.mask(id)
         if callable(self.masks): m, src = np.asarray(self.masks(id)), f'masks({id!r})'
         else: src = Path(self.masks)/f'{id}.png'; m = load_mask(src, n_classes=self.data.n_classes)
-        if m.shape != self.data.size(id):
-            raise ValueError(f'mask {src} has size {m.shape}, but image {self.data.image_path(id)} has size {self.data.size(id)}')
+        if m.shape != self.data.image_size(id):
+            raise ValueError(f'mask {src} has size {m.shape}, but image {self.data.image_path(id)} has size {self.data.image_size(id)}')
         return m.astype(np.uint8)
 
 class HeatmapReader:
@@ -500,7 +500,7 @@ class HeatmapReader:
                  heatmaps, # a folder of <id>.npz, or a callable id -> (C, H, W) array or tensor
                 ): store_attr()
     def __call__(self, id):
-        size = self.data.size(id)
+        size = self.data.image_size(id)
         if not callable(self.heatmaps): return load_heatmap(Path(self.heatmaps)/f'{id}.npz', self.data.n_classes, size)
         h = self.heatmaps(id)
         h = np.asarray(h.detach().cpu() if isinstance(h, torch.Tensor) else h, dtype=np.float32)
@@ -574,7 +574,7 @@ def pad_collate(items # list of tuples of tensors
 def size_batches(data:SegData, ids:list, bs:int):
     "`ids` grouped into lists of at most `bs` images of one size, in order of first appearance."
     groups = {}
-    for i in ids: groups.setdefault(data.size(i), []).append(i)
+    for i in ids: groups.setdefault(data.image_size(i), []).append(i)
     return [g[k:k + bs] for g in groups.values() for k in range(0, len(g), bs)]
 
 class ImageBatches(torch.utils.data.Dataset):

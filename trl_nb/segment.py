@@ -534,7 +534,7 @@ def predict_folder(model:nn.Module, # a `DeepLabLargeFOV` (or a DDP wrapper of o
     "Predict every image of `split` with the strong head into palette PNGs `<out_dir>/<id>.png`; returns the paths."
     model, out_dir = getattr(model, 'module', model), Path(out_dir)
     ids = data.ids(split) if ids is None else list(ids)
-    mine = sorted(ids, key=lambda i: (data.size(i), i))[rank_distrib()::max(num_distrib(), 1)]
+    mine = sorted(ids, key=lambda i: (data.image_size(i), i))[rank_distrib()::max(num_distrib(), 1)]
     dev = next(model.parameters()).device
     was_training, paths = model.training, []
     model.eval()
