@@ -17,10 +17,9 @@ from fastcore.script import call_parse
 from fastprogress.fastprogress import progress_bar
 from fastai.learner import Learner
 from fastai.callback.schedule import fit_one_cycle
-import fastai.callback.channelslast  # Learner.to_channelslast
 from fastai.torch_core import params, set_seed
 from fastai.metrics import accuracy_multi
-from .core import run_cli, fit_logging, interactive, DataError, atomic_write, autocast, write_json, read_json
+from .core import run_cli, fit_logging, interactive, DataError, atomic_write, autocast, mixed_precision, write_json, read_json
 from .data import validate_data, VOID, SegData, cls_dls, save_heatmap, load_heatmap, ImageBatches
 from .metrics import ConfusionMatrix
 
@@ -128,9 +127,7 @@ def cam_learner(data:SegData, # the data set
     model = CAMNet(data.n_classes, arch, weights, output_stride)
     learn = Learner(dls, model, loss_func=nn.MultiLabelSoftMarginLoss(), splitter=cam_splitter,
                     metrics=[accuracy_multi])
-    if torch.cuda.is_available():
-        learn.to_channelslast(amp_mode='bf16' if torch.cuda.is_bf16_supported() else 'fp16')
-    return learn
+    return mixed_precision(learn)
 
 # %% ../nbs/04_cam.ipynb #0930cafc
 def train_cam(learn:Learner, # from `cam_learner`

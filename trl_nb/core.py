@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np, torch
 
 # %% auto #0
-__all__ = ['atomic_write', 'write_json', 'read_json', 'Records', 'DataError', 'cli_parser', 'run_cli', 'interactive',
-           'epoch_logger', 'tensorboard_cb', 'fit_logging', 'EpochCheckpoint', 'autocast']
+__all__ = ['PRECISIONS', 'atomic_write', 'write_json', 'read_json', 'Records', 'DataError', 'cli_parser', 'run_cli',
+           'interactive', 'epoch_logger', 'tensorboard_cb', 'fit_logging', 'EpochCheckpoint', 'cpu_bf16', 'precision',
+           'autocast', 'CPUMixedPrecision', 'mixed_precision']
 
 # %% ../nbs/00_core.ipynb #0383638a
 @contextlib.contextmanager
@@ -189,8 +190,44 @@ class EpochCheckpoint(Callback):
     def after_fit(self): self.learn.logger = self._inner
 
 # %% ../nbs/00_core.ipynb #c1f570be
+from fastcore.foundation import L
+from fastai.callback.fp16 import MixedPrecision
+from fastai.callback.channelslast import ChannelsLast
+
+PRECISIONS = ('auto', 'fp32', 'bf16')
+
+def cpu_bf16()->bool:
+    "True when this CPU computes bfloat16 natively (AVX512-BF16 or AMX)."
+    return any(getattr(torch.cpu, f, lambda: False)() for f in ('_is_avx512_bf16_supported', '_is_amx_tile_supported'))
+
+def precision(device=None, # a `torch.device` or its name (default: the GPU when there is one)
+             )->str: # 'bf16', 'fp16' or 'fp32'
+    "The arithmetic of training and inference on `device`, as `TRL_PRECISION` (auto, fp32 or bf16) asks."
+    want = os.environ.get('TRL_PRECISION', 'auto')
+    if want not in PRECISIONS: raise DataError(f"TRL_PRECISION={want!r}: expected one of {', '.join(PRECISIONS)}")
+    dev = torch.device(device if device is not None else 'cuda' if torch.cuda.is_available() else 'cpu')
+    if want == 'fp32' or dev.type not in ('cpu', 'cuda'): return 'fp32'
+    if dev.type == 'cuda': return 'bf16' if want == 'bf16' or torch.cuda.is_bf16_supported() else 'fp16'
+    return 'bf16' if want == 'bf16' or cpu_bf16() else 'fp32'
+
 def autocast(device): # a `torch.device` (or its name)
-    "Mixed precision for inference on CUDA (bfloat16 where the GPU has it, else float16); a no-op context elsewhere."
-    if torch.device(device).type != 'cuda': return contextlib.nullcontext()
-    return torch.autocast('cuda', dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    "The autocast context of `precision(device)` for an inference loop; a no-op context in float32."
+    p = precision(device)
+    if p == 'fp32': return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16 if p == 'bf16' else torch.float16)
+
+class CPUMixedPrecision(MixedPrecision):
+    "fastai's `MixedPrecision` in bfloat16 on the CPU (fastai's own is CUDA's); no loss scaling: bfloat16 has float32's range."
+    def __init__(self): super().__init__('bf16')
+    def before_fit(self):
+        self.autocast, self.learn.scaler, self.scales = torch.autocast('cpu', dtype=torch.bfloat16), torch.amp.GradScaler('cpu', enabled=False), L()
+
+def mixed_precision(learn, # a fastai `Learner`
+                    device=None): # its device (default: that of its data loaders)
+    "Add to `learn` the callbacks of `precision(device)`: channels-last and AMP on CUDA, bfloat16 autocast on a CPU; `learn`."
+    dev = torch.device(device if device is not None else learn.dls.device)
+    p = precision(dev)
+    if p == 'fp32': return learn
+    learn.add_cbs([ChannelsLast(), MixedPrecision(p)] if dev.type == 'cuda' else [CPUMixedPrecision()])
+    return learn
 

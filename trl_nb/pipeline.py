@@ -10,7 +10,7 @@ import numpy as np, pandas as pd, torch
 from fastcore.basics import store_attr, patch
 from fastcore.script import call_parse, Param
 from fastai.torch_core import set_seed
-from .core import DataError, write_json, Records, run_cli, fit_logging, atomic_write
+from .core import DataError, write_json, Records, run_cli, fit_logging, atomic_write, precision, PRECISIONS
 from .data import validate_data, SegData, load_image, load_heatmap, load_mask, save_mask, colorize, voc_palette, imagenet_weights
 from .metrics import evaluate_folder
 from .synth import synthesize, EMBEDDED
@@ -286,7 +286,7 @@ def prepare(self:Run):
     ident = data_identity(self.ds)
     if self.done('data'): ident['root'] = '<out>/data'  # generated into the run folder: moves with it
     want = json.loads(json.dumps(dict(name=name, settings=_merge(run_configs[name], self.overrides or {}), seed=self.seed,
-                                      data=ident), default=list))
+                                      data=ident, precision=precision()), default=list))  # bf16 and fp32 stages never mix
     check_settings(want['settings'])
     self.weights = run_weights(want['settings'])  # weights that cannot be had stop the run here, before any training
     if self.done('config'):
@@ -505,8 +505,8 @@ def write_figures(self:Run, report:dict):
 
 # %% ../nbs/08_pipeline.ipynb #57038204
 def _device_name():
-    if torch.cuda.is_available(): return torch.cuda.get_device_name(0)
-    return f'{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads'
+    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f'{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads'
+    return f'{name}, {precision()}'
 
 @patch
 def report(self:Run, results:dict):
@@ -623,10 +623,14 @@ def trl_run(data:str=None, # data set folder in the VOC layout (default: generat
             seed:int=0, # random seed
             mask_dir:str='SegmentationClass', # mask folder under --data ('SegmentationClassAug' for VOC trainaug)
             quiet:bool=False, # plain log lines instead of progress bars
+            precision:str=None, # 'auto', 'fp32' or 'bf16' (default: $TRL_PRECISION, else auto: bfloat16 where the GPU or CPU has it)
            ):
     "Run the whole TRL pipeline and write <out>/report.json, report.md, pseudo_labels/, predictions/ and figures/."
     if quick and config not in (None, 'quick'): raise DataError(f'--quick and --config {config} contradict each other')
     config, overrides = 'quick' if quick else config, parse_overrides(set)
+    if precision is not None:
+        if precision not in PRECISIONS: raise DataError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+        os.environ['TRL_PRECISION'] = precision  # read by every stage, and by the processes torchrun starts
     if show_config: return print(show_run_config(config, overrides, data, mask_dir), end='')
     t = time.perf_counter()
     rep = run_pipeline(out, data, config, seed, fresh, overrides, mask_dir=mask_dir, quiet=quiet)

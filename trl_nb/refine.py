@@ -19,7 +19,7 @@ from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 from fastai.torch_core import set_seed, default_device
 from fastprogress.fastprogress import progress_bar
-from .core import run_cli, fit_logging, EpochCheckpoint, interactive, DataError, atomic_write, Records, autocast
+from .core import run_cli, fit_logging, EpochCheckpoint, interactive, DataError, atomic_write, Records, autocast, mixed_precision, precision
 from .data import (validate_data, VOID, SegData, save_mask, load_mask, save_heatmap, load_heatmap, ImageBatches, HeatmapReader,
                          RefineDataset, JointAugment, pad_collate, refine_dls)
 from .metrics import ConfusionMatrix, evaluate_folder
@@ -101,10 +101,7 @@ def refine_learner(data:SegData, # the data set
         load_twins_weights(model, cfg['pretrained'], streams)  # the image stream (or the concatenated one) of every variant
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(axis=1, ignore_index=VOID), opt_func=partial(Adam, sqr_mom=cfg['sqr_mom']), lr=cfg['lr'],
                     wd=cfg['wd'])
-    if dls.device.type == 'cuda':
-        learn.model.to(memory_format=torch.channels_last)
-        learn.to_bf16() if torch.cuda.is_bf16_supported() else learn.to_fp16()
-    return learn
+    return mixed_precision(learn)
 
 # %% ../nbs/06_refine.ipynb #072e1436
 def save_refiner(model:torch.nn.Module, # a trained DCTN
@@ -175,7 +172,7 @@ def pretrain_image_stream(data:SegData, # the data set: every training image's l
     dls = cls_dls(data, size=cfg['crop'], bs=bs, scale=cfg['scale'], valid_split=None, num_workers=cfg['num_workers'], device=device)
     learn = Learner(dls, TwinsClassifier(data.n_classes, dctn_config(cfg['dctn'], **cfg['dctn_kw'])),
                     loss_func=torch.nn.MultiLabelSoftMarginLoss())
-    if dls.device.type == 'cuda': learn.to_bf16() if torch.cuda.is_bf16_supported() else learn.to_fp16()
+    mixed_precision(learn)
     with fit_logging(learn, 'pretrain', log_dir, bar): learn.fit_one_cycle(epochs, lr)
     with atomic_write(dest) as f: torch.save({k: v.detach().cpu() for k, v in learn.model.stream.state_dict().items()}, f)
     return learn
@@ -295,7 +292,7 @@ class Refinement:
         if cfg.get('pretrained'): cfg['pretrained'] = self.where(cfg['pretrained'])
         inputs = dict(heatmaps=None if callable(self.heatmaps) else files_digest(self.heatmaps),  # what h0 and the weights hold,
                       pretrained=files_digest(self.cfg['pretrained']) if self.cfg.get('pretrained') else None)  # not only where
-        return dict(config=json.loads(json.dumps(cfg)), seed=self.seed,
+        return dict(config=json.loads(json.dumps(cfg)), seed=self.seed, precision=precision(),
                     heatmaps='<callable>' if callable(self.heatmaps) else self.where(self.heatmaps), inputs=inputs)
 
     def __repr__(self): return f'Refinement({self.data.root}, out={self.out}, config={self.cfg["name"]!r})'
@@ -308,6 +305,7 @@ def check_settings(self:Refinement):
     if not self.store.done('refine'): return self.store.write('refine', s)
     old = self.store.read('refine')
     if 'inputs' not in old: s.pop('inputs')  # a folder recorded before the inputs' digests resumes on its settings
+    old.setdefault('precision', 'fp32')  # recorded before bfloat16 on the CPU: made in float32
     if old != s:
         diff = {k: (old.get(k), s.get(k)) for k in s if old.get(k) != s.get(k)}
         if 'config' in diff:

@@ -22,7 +22,7 @@ from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.schedule import ParamScheduler
 from fastai.learner import Learner, Metric
 from fastai.optimizer import Adam
-from .core import fit_logging, EpochCheckpoint, atomic_write, autocast
+from .core import fit_logging, EpochCheckpoint, atomic_write, autocast, mixed_precision as add_mixed_precision
 from .data import VOID, save_mask, load_mask, colorize, JointAugment, SegDataset, pad_collate, ImageBatches
 from .metrics import ConfusionMatrix
 from .cam import dilate_resnet
@@ -424,7 +424,7 @@ def segmenter_learner(dls:DataLoaders, # from `segment_dls`
                       weak_weight:float=1., # weight of the weak head's loss (`dual`)
                       wd:float=0., # weight decay of Adam
                       sqr_mom:float=0.99, # Adam's beta2 (fastai's default 0.99; Kingma & Ba's, the paper's reference, 0.999)
-                      mixed_precision:bool=True, # bf16/fp16 autocast and channels-last on CUDA (ignored on CPU)
+                      mixed_precision:bool=True, # the autocast of `trl_nb.core.precision` (bf16 on a CPU that has it, channels-last too on CUDA)
                       model='deeplab_largefov', # a name of `segmenter_name` ('deeplabv3_resnet50'), or the user's model (a two-head `TrunkHeads` for `dual`)
                       rates:tuple=(12, 24, 36)): # ASPP rates of `deeplabv3`
     "fastai `Learner` for the segmenter `model` (DeepLabV1-LargeFOV by default) in training mode `mode`."
@@ -441,8 +441,7 @@ def segmenter_learner(dls:DataLoaders, # from `segment_dls`
     learn = Learner(dls, net.to(dls.device), loss_func=partial(branch_cross_entropy, weak_weight=weak_weight),
                     opt_func=partial(Adam, wd=wd, sqr_mom=sqr_mom), splitter=deeplab_splitter if isinstance(net, TrunkHeads) else trainable_params,
                     metrics=metrics)
-    if mixed_precision and torch.cuda.is_available():
-        learn.add_cbs([ChannelsLast(), MixedPrecision('bf16' if torch.cuda.is_bf16_supported() else 'fp16')])
+    if mixed_precision: add_mixed_precision(learn)
     return learn
 
 # %% ../nbs/07_segment.ipynb #7a1b1bba
