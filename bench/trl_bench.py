@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import numpy as np, torch, torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count, sdpa_backward_flop_count
 from trl_nb.dctn import dctn, CrossTransformerBlock, class_label_filter
-from trl_nb.core import DataError, run_cli, atomic_write, autocast
+from trl_nb.core import DataError, run_cli, atomic_write, autocast, precision
 from trl_nb.data import SegData, save_heatmap, load_heatmap, save_mask
 from trl_nb.synth import synth_fixture
 
@@ -27,7 +27,8 @@ def machine_info()->dict:
     except (OSError, AttributeError): pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
     info = dict(cpu=cpu, cores=cores, torch_threads=torch.get_num_threads(), torch=torch.__version__,
-                python=platform.python_version(), load_avg=[round(l, 2) for l in os.getloadavg()])
+                python=platform.python_version(), load_avg=[round(l, 2) for l in os.getloadavg()],
+                precision=precision())  # the arithmetic of `trl_nb`'s own loops here (the references run in float32)
     if torch.cuda.is_available(): info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda)
     return info
 
@@ -357,7 +358,8 @@ def bench_cam(arch:str='resnet50', # CAM backbone (the paper configuration of `t
                  torchcam=count_flops(lambda: torchcam_heatmaps(model, x[:1], labels[:1], scales, flip))[0])
     flops['ours_one_pass'] = flops['ours']
     t = time_interleaved(fns, reps, warmup=0, device=dev)
-    res = dict(config=dict(arch=arch, n_images=n_images, bs=bs, size=size, scales=list(scales), flip=flip, reps=reps),
+    res = dict(config=dict(arch=arch, n_images=n_images, bs=bs, size=size, scales=list(scales), flip=flip, reps=reps,
+                           precision=precision(dev)),  # ours under `autocast`; torchcam in float32
                methods={k: dict(seconds=v['best'], seconds_median=v['median'], images_per_s=n_images / v['best'],
                                 flops_per_image=flops[k], flop_per_s=flops[k] * n_images / v['best']) for k, v in t.items()},
                target=3.)

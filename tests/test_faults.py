@@ -45,6 +45,16 @@ def test_other_seed_refused(reference):
     assert 'seed: 0 -> 1' in r.stderr
     assert (reference/'report.json').read_bytes() == before
 
+def test_other_precision_refused(reference):
+    "A folder trained in one precision is not resumed in another (bfloat16 and float32 stages never mix)."
+    before = (reference/'report.json').read_bytes()
+    was = json.loads((reference/'progress'/'config.json').read_text())['precision']
+    other = 'fp32' if was != 'fp32' else 'bf16'
+    r = trl_run('--out', reference, '--precision', other)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"precision: '{was}' -> '{other}'" in r.stderr, r.stderr
+    assert (reference/'report.json').read_bytes() == before
+
 def test_fresh_keeps_what_runs_did_not_make(reference, tmp_path):
     "`--fresh` never deletes a folder with the user's files, nor a data set inside --out."
     mine = tmp_path/'mine'; mine.mkdir(); (mine/'thesis.txt').write_text('years of work')

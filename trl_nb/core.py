@@ -201,6 +201,7 @@ def cpu_bf16()->bool:
     return any(getattr(torch.cpu, f, lambda: False)() for f in ('_is_avx512_bf16_supported', '_is_amx_tile_supported'))
 
 def precision(device=None, # a `torch.device` or its name (default: the GPU when there is one)
+              cpu:bool=True, # `auto` may choose bfloat16 on a CPU (False: float32 there, for the refinement networks)
              )->str: # 'bf16', 'fp16' or 'fp32'
     "The arithmetic of training and inference on `device`, as `TRL_PRECISION` (auto, fp32 or bf16) asks."
     want = os.environ.get('TRL_PRECISION', 'auto')
@@ -208,11 +209,12 @@ def precision(device=None, # a `torch.device` or its name (default: the GPU when
     dev = torch.device(device if device is not None else 'cuda' if torch.cuda.is_available() else 'cpu')
     if want == 'fp32' or dev.type not in ('cpu', 'cuda'): return 'fp32'
     if dev.type == 'cuda': return 'bf16' if want == 'bf16' or torch.cuda.is_bf16_supported() else 'fp16'
-    return 'bf16' if want == 'bf16' or cpu_bf16() else 'fp32'
+    return 'bf16' if want == 'bf16' or (cpu and cpu_bf16()) else 'fp32'
 
-def autocast(device): # a `torch.device` (or its name)
-    "The autocast context of `precision(device)` for an inference loop; a no-op context in float32."
-    p = precision(device)
+def autocast(device, # a `torch.device` (or its name)
+             cpu:bool=True): # as `precision`'s
+    "The autocast context of `precision(device, cpu)` for an inference loop; a no-op context in float32."
+    p = precision(device, cpu)
     if p == 'fp32': return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16 if p == 'bf16' else torch.float16)
 
@@ -223,10 +225,11 @@ class CPUMixedPrecision(MixedPrecision):
         self.autocast, self.learn.scaler, self.scales = torch.autocast('cpu', dtype=torch.bfloat16), torch.amp.GradScaler('cpu', enabled=False), L()
 
 def mixed_precision(learn, # a fastai `Learner`
-                    device=None): # its device (default: that of its data loaders)
-    "Add to `learn` the callbacks of `precision(device)`: channels-last and AMP on CUDA, bfloat16 autocast on a CPU; `learn`."
+                    device=None, # its device (default: that of its data loaders)
+                    cpu:bool=True): # as `precision`'s
+    "Add to `learn` the callbacks of `precision(device, cpu)`: channels-last and AMP on CUDA, bfloat16 autocast on a CPU; `learn`."
     dev = torch.device(device if device is not None else learn.dls.device)
-    p = precision(dev)
+    p = precision(dev, cpu)
     if p == 'fp32': return learn
     learn.add_cbs([ChannelsLast(), MixedPrecision(p)] if dev.type == 'cuda' else [CPUMixedPrecision()])
     return learn

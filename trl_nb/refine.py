@@ -101,7 +101,7 @@ def refine_learner(data:SegData, # the data set
         load_twins_weights(model, cfg['pretrained'], streams)  # the image stream (or the concatenated one) of every variant
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(axis=1, ignore_index=VOID), opt_func=partial(Adam, sqr_mom=cfg['sqr_mom']), lr=cfg['lr'],
                     wd=cfg['wd'])
-    return mixed_precision(learn)
+    return mixed_precision(learn, cpu=False)  # float32 on a CPU: see `trl_nb.core.precision`
 
 # %% ../nbs/06_refine.ipynb #072e1436
 def save_refiner(model:torch.nn.Module, # a trained DCTN
@@ -172,7 +172,7 @@ def pretrain_image_stream(data:SegData, # the data set: every training image's l
     dls = cls_dls(data, size=cfg['crop'], bs=bs, scale=cfg['scale'], valid_split=None, num_workers=cfg['num_workers'], device=device)
     learn = Learner(dls, TwinsClassifier(data.n_classes, dctn_config(cfg['dctn'], **cfg['dctn_kw'])),
                     loss_func=torch.nn.MultiLabelSoftMarginLoss())
-    mixed_precision(learn)
+    mixed_precision(learn, cpu=False)
     with fit_logging(learn, 'pretrain', log_dir, bar): learn.fit_one_cycle(epochs, lr)
     with atomic_write(dest) as f: torch.save({k: v.detach().cpu() for k, v in learn.model.stream.state_dict().items()}, f)
     return learn
@@ -202,7 +202,7 @@ def predict_heatmaps(model:torch.nn.Module, # a refinement network
     for bids, x, h in _progress(batches.loader(num_workers), bar and len(batches) > 0, len(batches)):
         x, h = x.to(device), h.to(device)
         if cuda: x, h = x.contiguous(memory_format=torch.channels_last), h.contiguous(memory_format=torch.channels_last)
-        with autocast(device): logits = model(x, h)
+        with autocast(device, cpu=False): logits = model(x, h)
         yield from zip(bids, logits.float().softmax(1).cpu())
 
 # %% ../nbs/06_refine.ipynb #2ddf3749
@@ -292,7 +292,7 @@ class Refinement:
         if cfg.get('pretrained'): cfg['pretrained'] = self.where(cfg['pretrained'])
         inputs = dict(heatmaps=None if callable(self.heatmaps) else files_digest(self.heatmaps),  # what h0 and the weights hold,
                       pretrained=files_digest(self.cfg['pretrained']) if self.cfg.get('pretrained') else None)  # not only where
-        return dict(config=json.loads(json.dumps(cfg)), seed=self.seed, precision=precision(),
+        return dict(config=json.loads(json.dumps(cfg)), seed=self.seed, precision=precision(cpu=False),
                     heatmaps='<callable>' if callable(self.heatmaps) else self.where(self.heatmaps), inputs=inputs)
 
     def __repr__(self): return f'Refinement({self.data.root}, out={self.out}, config={self.cfg["name"]!r})'
