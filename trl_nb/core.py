@@ -228,7 +228,7 @@ def mixed_precision(learn, # a fastai `Learner`
                     device=None, # its device (default: that of its data loaders)
                     cpu:bool=True): # as `precision`'s
     "Add to `learn` the callbacks of `precision(device, cpu)`: channels-last and AMP on CUDA, bfloat16 autocast on a CPU; `learn`."
-    dev = torch.device(device if device is not None else learn.dls.device)
+    dev = torch.device(device or learn.dls.device or ('cuda' if torch.cuda.is_available() else 'cpu'))  # loaders may name none
     p = precision(dev, cpu)
     if p == 'fp32': return learn
     learn.add_cbs([ChannelsLast(), MixedPrecision(p)] if dev.type == 'cuda' else [CPUMixedPrecision()])
