@@ -291,6 +291,7 @@ def prepare(self:Run):
     self.weights = run_weights(want['settings'])  # weights that cannot be had stop the run here, before any training
     if self.done('config'):
         saved = self.record('config')
+        saved.setdefault('precision', precision() if torch.cuda.is_available() else 'fp32')  # recorded before bfloat16 on CPUs
         if diff := _differences(saved, want):
             raise DataError(f'{self.out} holds a run made with other settings ({diff}); use another --out, or --fresh to start over')
     else: self.progress.write('config', want)

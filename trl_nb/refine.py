@@ -305,7 +305,7 @@ def check_settings(self:Refinement):
     if not self.store.done('refine'): return self.store.write('refine', s)
     old = self.store.read('refine')
     if 'inputs' not in old: s.pop('inputs')  # a folder recorded before the inputs' digests resumes on its settings
-    old.setdefault('precision', 'fp32')  # recorded before bfloat16 on the CPU: made in float32
+    old.setdefault('precision', s['precision'])  # recorded before precision was: the refinement networks ran as they do now
     if old != s:
         diff = {k: (old.get(k), s.get(k)) for k in s if old.get(k) != s.get(k)}
         if 'config' in diff:
