@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_pipeline.ipynb #65fd270e
 from __future__ import annotations
-import json, os, shutil, sys, time, platform
+import json, os, re, shutil, sys, time, platform
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from fastcore.basics import store_attr, patch
@@ -174,7 +174,7 @@ def load_config(config:str=None, # a preset name (`run_configs`), a YAML/JSON fi
 
 # %% ../nbs/08_pipeline.ipynb #23ba2b9d
 _RUN_ENTRIES = {'data', 'heatmaps', 'pseudo_labels', 'predictions', 'checkpoints', 'logs', 'progress', 'report.json',
-                'report.md', 'figures', 'baselines', 'stages'}
+                'report.md', 'figures', 'baselines', 'stages', 'repeats'}
 
 def clear_run(out, # a run folder
               data=None): # the data set of the new run (refused when inside `out`)
@@ -360,7 +360,11 @@ def run_refine(self:Run):
 
 # %% ../nbs/08_pipeline.ipynb #77ca0a91
 @patch
-def pred_dir(self:Run, name:str): return self.out/'predictions' if name == 'trl' else self.out/'baselines'/name/'predictions'
+def pred_dir(self:Run, name:str, # a key of `run_segmenters`
+             repeat:int=0): # which training of `name` (see `run_segment`)
+    "Folder of the val predictions of segmenter `name`'s `repeat`-th training."
+    if repeat: return self.out/'repeats'/f'{name}_r{repeat}'
+    return self.out/'predictions' if name == 'trl' else self.out/'baselines'/name/'predictions'
 
 # %% ../nbs/08_pipeline.ipynb #b49fb507
 @patch
@@ -397,10 +401,12 @@ def cam_pseudo_labels(self:Run):
 
 # %% ../nbs/08_pipeline.ipynb #5afb2719
 @patch
-def run_segment(self:Run, name:str # a key of `run_segmenters`: 'trl', 'sup_only', 'full_sup', 'cam', 'naive' or 'dual_oracle'
+def run_segment(self:Run, name:str, # a key of `run_segmenters`: 'trl', 'sup_only', 'full_sup', 'cam', 'naive' or 'dual_oracle'
+                repeat:int=0, # which training of `name`: repeat `k` trains with seed `seed + k` (0: the run's own)
                ):
-    "Train the segmenter `name`, predict the val images, and score them."
-    c = dict(self.cfg['seg'])
+    "Train the segmenter `name` (its `repeat`-th time), predict the val images, and score them."
+    if repeat < 0: raise ValueError(f'repeat must be >= 0, got {repeat}')
+    c, stage = dict(self.cfg['seg']), f'seg_{name}' + (f'_r{repeat}' if repeat else '')
     mode, labels = run_segmenters[name]
     if labels == 'true' and not self.weak_masks: raise DataError(f'segmenter {name!r} trains on the weak images\' true masks, which are not in {self.ds.mask_dir}')
     def _run():
@@ -409,18 +415,18 @@ def run_segment(self:Run, name:str # a key of `run_segmenters`: 'trl', 'sup_only
         if c.pop('init', None) == 'cam': c['weights'] = str(self.seg_init_weights())
         else: c['weights'] = None if self.weights['seg'] is None else str(self.weights['seg'])
         if mode != 'dual': c.pop('strong_frac', None)
-        ck = self.out/'checkpoints'/f'seg_{name}.pth'
+        ck = self.out/'checkpoints'/f'{stage}.pth'
         t = time.perf_counter()
         if ck.exists(): model = load_segmenter(ck)
         else:
-            learn = train_segmenter(self.ds, pseudo, mode=mode, seed=self.seed, ckpt=ck, quiet=self.quiet, log_dir=self.out/'logs', **c)
+            learn = train_segmenter(self.ds, pseudo, mode=mode, seed=self.seed + repeat, ckpt=ck, quiet=self.quiet, log_dir=self.out/'logs', **c)
             model = learn.model
         train_s = time.perf_counter() - t
         t = time.perf_counter()
-        predict_folder(model, self.ds, 'val', self.pred_dir(name))
-        res = evaluate_folder(self.pred_dir(name), self.ds, 'val')
-        return dict(miou=float(res['miou']) * 100, stage_seconds=dict(train=train_s, predict=time.perf_counter() - t))
-    return self.stage(f'seg_{name}', _run)
+        predict_folder(model, self.ds, 'val', self.pred_dir(name, repeat))
+        res = evaluate_folder(self.pred_dir(name, repeat), self.ds, 'val')
+        return dict(miou=float(res['miou']) * 100, train_seed=self.seed + repeat, stage_seconds=dict(train=train_s, predict=time.perf_counter() - t))
+    return self.stage(stage, _run)
 
 # %% ../nbs/08_pipeline.ipynb #e073afdc
 def _heat_rgb(h:np.ndarray)->np.ndarray:
@@ -455,7 +461,8 @@ def plot_losses(self:Run):
     "The loss curves of every training of the run, one panel each, from the CSV histories in `<out>/logs/`."
     import matplotlib.pyplot as plt
     order = ['cam', 'pretrain', 'dctn1', 'dctn2', 'seg_trl', 'seg_sup_only', 'seg_full_sup', 'seg_cam', 'seg_naive', 'seg_dual_oracle']
-    logs = sorted((self.out/'logs').glob('*.csv'), key=lambda p: (order.index(p.stem) if p.stem in order else len(order), p.stem))
+    logs = [p for p in (self.out/'logs').glob('*.csv') if not re.search(r'_r\d+$', p.stem)]  # repeated trainings: the first only
+    logs = sorted(logs, key=lambda p: (order.index(p.stem) if p.stem in order else len(order), p.stem))
     n = max(len(logs), 1)
     fig, axs = plt.subplots((n + 3)//4, min(n, 4), figsize=(3.2*min(n, 4), 2.4*((n + 3)//4)), squeeze=False)
     for ax, f in zip(axs.flat, logs):
@@ -476,9 +483,11 @@ def plot_miou(self:Run, report:dict):
     import matplotlib.pyplot as plt
     pl, sg = report['pseudo_label_miou'], report['segmentation_miou']
     fig, axs = plt.subplots(1, 2, figsize=(10, 3.2), gridspec_kw=dict(width_ratios=[max(len(pl), 1), max(len(sg), 1)]))
+    std = report.get('segmentation_std') or {}
     for ax, d, title in ((axs[0], pl, 'pseudo labels (weak images)'), (axs[1], sg, 'segmentation (val)')):
         names = [stage_names.get(k, k) for k in d]
-        bars = ax.bar(names, list(d.values()), color=['C0' if k != 'trl' else 'C3' for k in d])
+        err = [std.get(k) or 0 for k in d] if d is sg and std else None  # spread over the segmenters' repeated trainings
+        bars = ax.bar(names, list(d.values()), yerr=err, capsize=3, color=['C0' if k != 'trl' else 'C3' for k in d])
         ax.bar_label(bars, fmt='%.1f', fontsize=8); ax.set_title(title, fontsize=10); ax.set_ylabel('mIoU (%)')
         ax.tick_params(axis='x', labelrotation=30, labelsize=8)
     fig.tight_layout()
@@ -517,14 +526,20 @@ def report(self:Run, results:dict):
         for k, v in (r.get('stage_seconds') or {}).items(): seconds[f'{name}_{k}'] = round(v, 2)
         seconds[name] = r['seconds']
     seconds['total'] = round(sum(r['seconds'] for r in results.values()), 2)
+    runs = {}  # segmenter -> mIoU of each of its trainings (`seg_<name>`, `seg_<name>_r<k>`)
+    for k, r in results.items():
+        if k.startswith('seg_'): runs.setdefault(re.sub(r'_r\d+$', '', k[4:]), []).append(r['miou'])
     rep = dict(pseudo_label_miou=results['refine'].get('pseudo_label_miou', {}),
-               segmentation_miou={k[4:]: round(r['miou'], 2) for k, r in results.items() if k.startswith('seg_')},
+               segmentation_miou={k: round(float(np.mean(v)), 2) for k, v in runs.items()},
                seconds=seconds,
                config=dict(name=self.config, seed=self.seed, data=str(Path(self.data).resolve()), **self.cfg),
                device=_device_name(), torch=torch.__version__,
                n_images={s: len(self.ds.ids(s)) for s in ('train_strong', 'train_weak', 'val')},
                classes=self.ds.classes,
                weights=self.weight_sources())
+    if any(len(v) > 1 for v in runs.values()):  # several trainings: their spread is part of the result
+        rep['segmentation_runs'] = {k: [round(x, 2) for x in v] for k, v in runs.items()}
+        rep['segmentation_std'] = {k: round(float(np.std(v, ddof=1)), 2) if len(v) > 1 else None for k, v in runs.items()}
     rep['figures'] = self.write_figures(rep)
     write_json(rep, self.out/'report.json')
     with atomic_write(self.out/'report.md', 'w') as f: f.write(report_markdown(rep))
@@ -533,7 +548,14 @@ def report(self:Run, results:dict):
 def report_markdown(rep:dict)->str:
     "The report as Markdown tables."
     pl = '\n'.join(f'| {stage_names.get(k, k)} | {v:.1f} |' for k, v in rep['pseudo_label_miou'].items())
-    sg = '\n'.join(f'| {k} | {v:.1f} |' for k, v in rep['segmentation_miou'].items())
+    runs, std = rep.get('segmentation_runs'), rep.get('segmentation_std') or {}
+    if runs:
+        sg_head = '| model | mean mIoU | std | each training (seed, seed+1, ...) |\n|---|---|---|---|'
+        sg = '\n'.join(f"| {k} | {v:.1f} | {'-' if std.get(k) is None else f'{std[k]:.1f}'} | {', '.join(f'{x:.1f}' for x in runs[k])} |"
+                       for k, v in rep['segmentation_miou'].items())
+    else:
+        sg_head = '| model | mIoU |\n|---|---|'
+        sg = '\n'.join(f'| {k} | {v:.1f} |' for k, v in rep['segmentation_miou'].items())
     sec = '\n'.join(f'| {k} | {v:.1f} |' for k, v in rep['seconds'].items())
     figs = '\n'.join(f'![]({p})' for p in rep.get('figures', []))
     n = rep['n_images']
@@ -541,7 +563,7 @@ def report_markdown(rep:dict)->str:
             f"{n['val']} val images, {len(rep['classes'])} classes). Configuration `{rep['config']['name']}`, seed "
             f"{rep['config']['seed']}, on {rep['device']}.\n\n"
             f"## Pseudo labels of the weak images (mIoU %)\n\n| stage | mIoU |\n|---|---|\n{pl or '| (weak masks not on disk) | |'}\n\n"
-            f"## Segmentation of the val images (mIoU %)\n\n| model | mIoU |\n|---|---|\n{sg}\n\n"
+            f"## Segmentation of the val images (mIoU %)\n\n{sg_head}\n{sg}\n\n"
             f"## Seconds per stage\n\n| stage | s |\n|---|---|\n{sec}\n\n## Figures\n\n{figs}\n")
 
 # %% ../nbs/08_pipeline.ipynb #59a5767c
@@ -553,12 +575,14 @@ def run_pipeline(out='runs/default', # output folder
                  overrides:dict=None, # nested configuration entries to replace, e.g. dict(seg=dict(epochs=4))
                  mask_dir:str='SegmentationClass', # mask folder of `data`
                  quiet:bool=False, # plain log lines instead of progress bars
+                 repeats:int=1, # trainings of each segmenter (seeds `seed`, `seed+1`, ...): the report gives their mean and spread
                 )->dict:
     "Run CAM -> refinement rounds -> pseudo labels -> segmenters -> evaluation into `out`; returns the report."
     out = Path(out)
     config, file_overrides = load_config(config)
     overrides = _merge(file_overrides, overrides or {})
     check_overrides(overrides)
+    if not isinstance(repeats, int) or repeats < 1: raise DataError(f'--repeats {repeats}: expected a whole number >= 1')
     if out.exists() and not out.is_dir(): raise DataError(f'--out {out} is a file, not a folder')
     if data is not None and not Path(data).is_dir(): raise DataError(f'data set folder not found: {data}')
     if fresh and out.exists():
@@ -570,7 +594,8 @@ def run_pipeline(out='runs/default', # output folder
     res.update(cam=run.run_cam(), refine=run.run_refine())
     if run.done('pretrain'): res['pretrain'] = run.record('pretrain')
     names = ['trl'] + [b for b in run.cfg['baselines'] if b not in _ORACLES or run.weak_masks]
-    for name in names: res[f'seg_{name}'] = run.run_segment(name)
+    for k in range(repeats):  # every segmenter once, then again: a stopped run has whole comparisons
+        for name in names: res[f'seg_{name}' + (f'_r{k}' if k else '')] = run.run_segment(name, k)
     return run.report(res)
 
 # %% ../nbs/08_pipeline.ipynb #d2e7b8f4
@@ -591,7 +616,8 @@ def stage_costs(out # a run folder
     rows = []
     for name in order:
         rec = Records(out/'progress').read(name)
-        pats = _STAGE_FILES.get(name) or [f'checkpoints/{name}.pth', 'predictions' if name == 'seg_trl' else f'baselines/{name[4:]}']
+        pats = _STAGE_FILES.get(name) or [f'checkpoints/{name}.pth', f'repeats/{name[4:]}' if re.search(r'_r\d+$', name) else
+                                          'predictions' if name == 'seg_trl' else f'baselines/{name[4:]}']
         rows.append(dict(stage=name, seconds=rec.get('seconds'), gpu_peak_gib=rec.get('gpu_peak_gib'),
                          disk_gib=round(_gib([p for pat in pats for p in out.glob(pat)]), 4)))
     return pd.DataFrame(rows).set_index('stage')
@@ -625,6 +651,7 @@ def trl_run(data:str=None, # data set folder in the VOC layout (default: generat
             mask_dir:str='SegmentationClass', # mask folder under --data ('SegmentationClassAug' for VOC trainaug)
             quiet:bool=False, # plain log lines instead of progress bars
             precision:str=None, # 'auto', 'fp32' or 'bf16' (default: $TRL_PRECISION, else auto: bfloat16 where the GPU or CPU has it)
+            repeats:int=1, # train each segmenter this many times (seeds seed, seed+1, ...) and report the mean and spread; rerunning with more adds trainings
            ):
     "Run the whole TRL pipeline and write <out>/report.json, report.md, pseudo_labels/, predictions/ and figures/."
     if quick and config not in (None, 'quick'): raise DataError(f'--quick and --config {config} contradict each other')
@@ -634,7 +661,7 @@ def trl_run(data:str=None, # data set folder in the VOC layout (default: generat
         os.environ['TRL_PRECISION'] = precision  # read by every stage, and by the processes torchrun starts
     if show_config: return print(show_run_config(config, overrides, data, mask_dir), end='')
     t = time.perf_counter()
-    rep = run_pipeline(out, data, config, seed, fresh, overrides, mask_dir=mask_dir, quiet=quiet)
+    rep = run_pipeline(out, data, config, seed, fresh, overrides, mask_dir=mask_dir, quiet=quiet, repeats=repeats)
     out = Path(out)
     print(f"pseudo labels: mIoU {rep['pseudo_label_miou']}" if rep['pseudo_label_miou'] else 'pseudo labels written')
     print(f"segmentation (val): mIoU {rep['segmentation_miou']}")
