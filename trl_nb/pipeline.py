@@ -483,12 +483,13 @@ def plot_miou(self:Run, report:dict):
     import matplotlib.pyplot as plt
     pl, sg = report['pseudo_label_miou'], report['segmentation_miou']
     fig, axs = plt.subplots(1, 2, figsize=(10, 3.2), gridspec_kw=dict(width_ratios=[max(len(pl), 1), max(len(sg), 1)]))
-    std = report.get('segmentation_std') or {}
-    for ax, d, title in ((axs[0], pl, 'pseudo labels (weak images)'), (axs[1], sg, 'segmentation (val)')):
+    std, n = report.get('segmentation_std') or {}, max(map(len, (report.get('segmentation_runs') or {}).values()), default=1)
+    seg_title = 'segmentation (val)' + (f', mean and std of {n} trainings' if std else '')
+    for ax, d, title in ((axs[0], pl, 'pseudo labels (weak images)'), (axs[1], sg, seg_title)):
         names = [stage_names.get(k, k) for k in d]
         err = [std.get(k) or 0 for k in d] if d is sg and std else None  # spread over the segmenters' repeated trainings
         bars = ax.bar(names, list(d.values()), yerr=err, capsize=3, color=['C0' if k != 'trl' else 'C3' for k in d])
-        ax.bar_label(bars, fmt='%.1f', fontsize=8); ax.set_title(title, fontsize=10); ax.set_ylabel('mIoU (%)')
+        ax.bar_label(bars, fmt='%.1f', fontsize=8, padding=4 if err else 0); ax.set_title(title, fontsize=10); ax.set_ylabel('mIoU (%)')
         ax.tick_params(axis='x', labelrotation=30, labelsize=8)
     fig.tight_layout()
     return fig
