@@ -211,6 +211,8 @@ def precision(device=None, # a `torch.device` or its name (default: the GPU when
     if dev.type == 'cuda': return 'bf16' if want == 'bf16' or torch.cuda.is_bf16_supported() else 'fp16'
     return 'bf16' if want == 'bf16' or (cpu and cpu_bf16()) else 'fp32'
 
+
+# %% ../nbs/00_core.ipynb #4d22cced
 def autocast(device, # a `torch.device` (or its name)
              cpu:bool=True): # as `precision`'s
     "The autocast context of `precision(device, cpu)` for an inference loop; a no-op context in float32."
@@ -218,6 +220,8 @@ def autocast(device, # a `torch.device` (or its name)
     if p == 'fp32': return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16 if p == 'bf16' else torch.float16)
 
+
+# %% ../nbs/00_core.ipynb #5c07c7f5
 class CPUMixedPrecision(MixedPrecision):
     "fastai's `MixedPrecision` in bfloat16 on the CPU (fastai's own is CUDA's); no loss scaling: bfloat16 has float32's range."
     def __init__(self): super().__init__('bf16')
