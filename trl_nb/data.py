@@ -116,6 +116,8 @@ def quantize_heatmap(h:np.ndarray, # (C, H, W) float32 in [0, 1]
         _keep_first_max(q, keep, 1, a_fg)
     return keep, q
 
+
+# %% ../nbs/00_data.ipynb #a5dd4581
 def _diff2(q):
     "Differences along x, then along y, mod 256 (uint8): smooth maps become runs of small numbers."
     d = q.copy()
@@ -127,6 +129,8 @@ def _undiff2(d):
     "Inverse of `_diff2`."
     return np.cumsum(np.cumsum(d, axis=-2, dtype=np.uint8), axis=-1, dtype=np.uint8)
 
+
+# %% ../nbs/00_data.ipynb #b7e1905c
 def save_heatmap(h, # (C, H, W) float array or tensor with values in [0, 1]
                  path, # destination .npz
                  compact:bool=True, # the channels that are not zero, as uint8 levels (see above); False: all, float16
@@ -145,6 +149,7 @@ def save_heatmap(h, # (C, H, W) float array or tensor with values in [0, 1]
     ch, q = quantize_heatmap(h)
     with atomic_write(path) as f:
         np.savez_compressed(f, heatmap_u8=_diff2(q), channels=ch.astype(np.int32), n_channels=np.int32(len(h)))
+
 
 # %% ../nbs/00_data.ipynb #431cdcee
 def _decode_compact(z):
