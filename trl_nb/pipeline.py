@@ -359,6 +359,12 @@ def run_refine(self:Run):
     return self.stage('refine', _run)
 
 # %% ../nbs/08_pipeline.ipynb #77ca0a91
+_REPEAT = re.compile(r'_r\d+$')  # the suffix of a segmenter's repeated training's stage: 'seg_trl_r1'
+
+def _seg_stage(name:str, repeat:int=0)->str:
+    "Stage (and checkpoint) name of segmenter `name`'s `repeat`-th training: 'seg_trl', 'seg_trl_r1', ..."
+    return f'seg_{name}' + (f'_r{repeat}' if repeat else '')
+
 @patch
 def pred_dir(self:Run, name:str, # a key of `run_segmenters`
              repeat:int=0): # which training of `name` (see `run_segment`)
@@ -406,7 +412,7 @@ def run_segment(self:Run, name:str, # a key of `run_segmenters`: 'trl', 'sup_onl
                ):
     "Train the segmenter `name` (its `repeat`-th time), predict the val images, and score them."
     if repeat < 0: raise ValueError(f'repeat must be >= 0, got {repeat}')
-    c, stage = dict(self.cfg['seg']), f'seg_{name}' + (f'_r{repeat}' if repeat else '')
+    c, stage = dict(self.cfg['seg']), _seg_stage(name, repeat)
     mode, labels = run_segmenters[name]
     if labels == 'true' and not self.weak_masks: raise DataError(f'segmenter {name!r} trains on the weak images\' true masks, which are not in {self.ds.mask_dir}')
     def _run():
@@ -461,7 +467,7 @@ def plot_losses(self:Run):
     "The loss curves of every training of the run, one panel each, from the CSV histories in `<out>/logs/`."
     import matplotlib.pyplot as plt
     order = ['cam', 'pretrain', 'dctn1', 'dctn2', 'seg_trl', 'seg_sup_only', 'seg_full_sup', 'seg_cam', 'seg_naive', 'seg_dual_oracle']
-    logs = [p for p in (self.out/'logs').glob('*.csv') if not re.search(r'_r\d+$', p.stem)]  # repeated trainings: the first only
+    logs = [p for p in (self.out/'logs').glob('*.csv') if not _REPEAT.search(p.stem)]  # repeated trainings: the first only
     logs = sorted(logs, key=lambda p: (order.index(p.stem) if p.stem in order else len(order), p.stem))
     n = max(len(logs), 1)
     fig, axs = plt.subplots((n + 3)//4, min(n, 4), figsize=(3.2*min(n, 4), 2.4*((n + 3)//4)), squeeze=False)
@@ -529,7 +535,7 @@ def report(self:Run, results:dict):
     seconds['total'] = round(sum(r['seconds'] for r in results.values()), 2)
     runs = {}  # segmenter -> mIoU of each of its trainings (`seg_<name>`, `seg_<name>_r<k>`)
     for k, r in results.items():
-        if k.startswith('seg_'): runs.setdefault(re.sub(r'_r\d+$', '', k[4:]), []).append(r['miou'])
+        if k.startswith('seg_'): runs.setdefault(_REPEAT.sub('', k[4:]), []).append(r['miou'])
     rep = dict(pseudo_label_miou=results['refine'].get('pseudo_label_miou', {}),
                segmentation_miou={k: round(float(np.mean(v)), 2) for k, v in runs.items()},
                seconds=seconds,
@@ -596,7 +602,7 @@ def run_pipeline(out='runs/default', # output folder
     if run.done('pretrain'): res['pretrain'] = run.record('pretrain')
     names = ['trl'] + [b for b in run.cfg['baselines'] if b not in _ORACLES or run.weak_masks]
     for k in range(repeats):  # every segmenter once, then again: a stopped run has whole comparisons
-        for name in names: res[f'seg_{name}' + (f'_r{k}' if k else '')] = run.run_segment(name, k)
+        for name in names: res[_seg_stage(name, k)] = run.run_segment(name, k)
     return run.report(res)
 
 # %% ../nbs/08_pipeline.ipynb #d2e7b8f4
@@ -617,7 +623,7 @@ def stage_costs(out # a run folder
     rows = []
     for name in order:
         rec = Records(out/'progress').read(name)
-        pats = _STAGE_FILES.get(name) or [f'checkpoints/{name}.pth', f'repeats/{name[4:]}' if re.search(r'_r\d+$', name) else
+        pats = _STAGE_FILES.get(name) or [f'checkpoints/{name}.pth', f'repeats/{name[4:]}' if _REPEAT.search(name) else
                                           'predictions' if name == 'seg_trl' else f'baselines/{name[4:]}']
         rows.append(dict(stage=name, seconds=rec.get('seconds'), gpu_peak_gib=rec.get('gpu_peak_gib'),
                          disk_gib=round(_gib([p for pat in pats for p in out.glob(pat)]), 4)))
