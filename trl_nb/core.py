@@ -107,6 +107,7 @@ def epoch_logger(learn, # a fastai `Learner`
         print(f'{time.strftime("%H:%M:%S")} {stage}: ' + '  '.join(parts), flush=True)
     return log
 
+# %% ../nbs/00_core.ipynb #7ab250d8
 def tensorboard_cb(log_dir): # folder of the event files
     "fastai's `TensorBoardCallback` (losses, metrics, learning rates), or None when TensorBoard is not installed."
     if importlib.util.find_spec('tensorboard') is None: return None
@@ -117,6 +118,7 @@ def tensorboard_cb(log_dir): # folder of the event files
                 if v is not None: self.writer.add_scalar(n, v, self.train_iter)
     return _EpochScalars(str(log_dir), trace_model=False, log_preds=False)
 
+# %% ../nbs/00_core.ipynb #285d9c5a
 @contextlib.contextmanager
 def fit_logging(learn, # a fastai `Learner`
                 stage:str, # name of the training in the log lines and of its CSV file

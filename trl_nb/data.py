@@ -299,6 +299,7 @@ def annotated_names(self:SegData, id)->list|None:
         except ET.ParseError as e: raise ValueError(f'cannot read {xml}: {e}') from e
     return None
 
+# %% ../nbs/00_data.ipynb #e4cedbfa
 @patch
 def labels(self:SegData, id)->np.ndarray:
     "Image-level labels of `id`, (n_classes,) bool with background True: weak ids from annotations, others from masks."

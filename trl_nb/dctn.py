@@ -218,6 +218,7 @@ class PointwiseConv(nn.Conv2d):
         y = torch.bmm(w, x.view(B, C, H * W)) if self.bias is None else torch.baddbmm(self.bias[None, :, None], w, x.view(B, C, H * W))
         return y.view(B, -1, H, W)
 
+# %% ../nbs/05_dctn.ipynb #ae429904
 class Warmup(nn.Sequential):
     "Heat-map warm-up (Conv0): BatchNorm, 1x1 convolution, BatchNorm"
     def __init__(self, in_chans:int, out_chans:int=64):

@@ -520,6 +520,28 @@ def write_figures(self:Run, report:dict):
     if any((self.out/'logs').glob('*.csv')): _save_fig(self.plot_losses(), figs/'loss_curves.png')
     return sorted(str(p.relative_to(self.out)) for p in figs.glob('*.png'))
 
+# %% ../nbs/08_pipeline.ipynb #3b173225
+def report_markdown(rep:dict)->str:
+    "The report as Markdown tables."
+    pl = '\n'.join(f'| {stage_names.get(k, k)} | {v:.1f} |' for k, v in rep['pseudo_label_miou'].items())
+    runs, std = rep.get('segmentation_runs'), rep.get('segmentation_std') or {}
+    if runs:
+        sg_head = '| model | mean mIoU | std | each training (seed, seed+1, ...) |\n|---|---|---|---|'
+        sg = '\n'.join(f"| {k} | {v:.1f} | {'-' if std.get(k) is None else f'{std[k]:.1f}'} | {', '.join(f'{x:.1f}' for x in runs[k])} |"
+                       for k, v in rep['segmentation_miou'].items())
+    else:
+        sg_head = '| model | mIoU |\n|---|---|'
+        sg = '\n'.join(f'| {k} | {v:.1f} |' for k, v in rep['segmentation_miou'].items())
+    sec = '\n'.join(f'| {k} | {v:.1f} |' for k, v in rep['seconds'].items())
+    figs = '\n'.join(f'![]({p})' for p in rep.get('figures', []))
+    n = rep['n_images']
+    return (f"# TRL run report\n\nData: `{rep['config']['data']}` ({n['train_strong']} strong, {n['train_weak']} weak, "
+            f"{n['val']} val images, {len(rep['classes'])} classes). Configuration `{rep['config']['name']}`, seed "
+            f"{rep['config']['seed']}, on {rep['device']}.\n\n"
+            f"## Pseudo labels of the weak images (mIoU %)\n\n| stage | mIoU |\n|---|---|\n{pl or '| (weak masks not on disk) | |'}\n\n"
+            f"## Segmentation of the val images (mIoU %)\n\n{sg_head}\n{sg}\n\n"
+            f"## Seconds per stage\n\n| stage | s |\n|---|---|\n{sec}\n\n## Figures\n\n{figs}\n")
+
 # %% ../nbs/08_pipeline.ipynb #57038204
 def _device_name():
     name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f'{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads'
@@ -551,27 +573,6 @@ def report(self:Run, results:dict):
     write_json(rep, self.out/'report.json')
     with atomic_write(self.out/'report.md', 'w') as f: f.write(report_markdown(rep))
     return rep
-
-def report_markdown(rep:dict)->str:
-    "The report as Markdown tables."
-    pl = '\n'.join(f'| {stage_names.get(k, k)} | {v:.1f} |' for k, v in rep['pseudo_label_miou'].items())
-    runs, std = rep.get('segmentation_runs'), rep.get('segmentation_std') or {}
-    if runs:
-        sg_head = '| model | mean mIoU | std | each training (seed, seed+1, ...) |\n|---|---|---|---|'
-        sg = '\n'.join(f"| {k} | {v:.1f} | {'-' if std.get(k) is None else f'{std[k]:.1f}'} | {', '.join(f'{x:.1f}' for x in runs[k])} |"
-                       for k, v in rep['segmentation_miou'].items())
-    else:
-        sg_head = '| model | mIoU |\n|---|---|'
-        sg = '\n'.join(f'| {k} | {v:.1f} |' for k, v in rep['segmentation_miou'].items())
-    sec = '\n'.join(f'| {k} | {v:.1f} |' for k, v in rep['seconds'].items())
-    figs = '\n'.join(f'![]({p})' for p in rep.get('figures', []))
-    n = rep['n_images']
-    return (f"# TRL run report\n\nData: `{rep['config']['data']}` ({n['train_strong']} strong, {n['train_weak']} weak, "
-            f"{n['val']} val images, {len(rep['classes'])} classes). Configuration `{rep['config']['name']}`, seed "
-            f"{rep['config']['seed']}, on {rep['device']}.\n\n"
-            f"## Pseudo labels of the weak images (mIoU %)\n\n| stage | mIoU |\n|---|---|\n{pl or '| (weak masks not on disk) | |'}\n\n"
-            f"## Segmentation of the val images (mIoU %)\n\n{sg_head}\n{sg}\n\n"
-            f"## Seconds per stage\n\n| stage | s |\n|---|---|\n{sec}\n\n## Figures\n\n{figs}\n")
 
 # %% ../nbs/08_pipeline.ipynb #59a5767c
 def run_pipeline(out='runs/default', # output folder

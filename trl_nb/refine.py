@@ -255,6 +255,7 @@ def files_digest(path)->str|None:
         h.update(f.relative_to(p).as_posix().encode() + b'\0' + f.read_bytes())
     return h.hexdigest()[:16]
 
+# %% ../nbs/06_refine.ipynb #b0615326
 class Refinement:
     "The refinement rounds of one output folder: its paths, settings and resumable steps."
     def __init__(self, data:SegData|str, # the data set (or its folder)
