@@ -19,7 +19,7 @@ from fastai.learner import Learner
 from fastai.callback.schedule import fit_one_cycle
 from fastai.torch_core import params, set_seed
 from fastai.metrics import accuracy_multi
-from .core import run_cli, fit_logging, interactive, DataError, atomic_write, autocast, mixed_precision, write_json, read_json
+from .core import run_cli, fit_logging, interactive, DataError, atomic_write, autocast, mixed_precision, write_json, read_json, init_distributed, DDPTrainer
 from .data import validate_data, VOID, SegData, cls_dls, save_heatmap, load_heatmap, ImageBatches
 from .metrics import ConfusionMatrix
 
@@ -134,9 +134,9 @@ def train_cam(learn:Learner, # from `cam_learner`
               epochs:int=5, # training epochs
               lr:float=1e-3, # peak learning rate of the classifier
               backbone_lr_mult:float=None): # backbone lr / classifier lr (default 0.1 with pretrained weights, else 1)
-    "Train the CAM classifier in `learn`; returns `learn`."
+    "Train the CAM classifier in `learn` (on every process under `torchrun`); returns `learn`."
     if backbone_lr_mult is None: backbone_lr_mult = 0.1 if learn.model.pretrained else 1.
-    learn.fit_one_cycle(epochs, slice(lr * backbone_lr_mult, lr))
+    learn.fit_one_cycle(epochs, slice(lr * backbone_lr_mult, lr), cbs=[DDPTrainer()] if init_distributed() else [])
     return learn
 
 # %% ../nbs/04_cam.ipynb #7baefb66

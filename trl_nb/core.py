@@ -4,14 +4,19 @@
 
 # %% ../nbs/00_core.ipynb #89631df9
 from __future__ import annotations
-import os, sys, time, json, tempfile, contextlib, importlib.util
+import os, sys, time, json, tempfile, contextlib, importlib.util, warnings
 from pathlib import Path
 import numpy as np, torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from fastcore.basics import store_attr, noop
+from fastai.torch_core import rank_distrib, num_distrib, distrib_barrier
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'atomic_write', 'write_json', 'read_json', 'Records', 'DataError', 'cli_parser', 'run_cli',
            'interactive', 'epoch_logger', 'tensorboard_cb', 'fit_logging', 'EpochCheckpoint', 'cpu_bf16', 'precision',
-           'autocast', 'CPUMixedPrecision', 'mixed_precision']
+           'autocast', 'CPUMixedPrecision', 'mixed_precision', 'init_distributed', 'broadcast_list', 'ShardedDL',
+           'DDPTrainer', 'main_process', 'per_process']
 
 # %% ../nbs/00_core.ipynb #0383638a
 @contextlib.contextmanager
@@ -50,7 +55,11 @@ class Records:
     def done(self, name:str)->bool: return self.path(name).exists()
     def read(self, name:str): return read_json(self.path(name))
     def write(self, name:str, rec): # written once the step's files are all on disk, so that it counts as done only then
-        write_json(rec, self.path(name)); return rec
+        "Write `rec` as step `name`'s record (rank 0 in a distributed run, the others wait); returns the record as written."
+        distrib_barrier()  # every process has decided whether the step was done before the record appears
+        if not rank_distrib(): write_json(rec, self.path(name))
+        distrib_barrier()
+        return rec if not rank_distrib() else self.read(name)
     def __repr__(self): return f'Records({self.folder})'
 
 # %% ../nbs/00_core.ipynb #17116b34
@@ -125,8 +134,9 @@ def fit_logging(learn, # a fastai `Learner`
                 log_dir=None, # folder of the CSV history `<stage>.csv` (fastai `CSVLogger`) and, with TensorBoard installed, `tensorboard/<stage>/`; None: none
                 bar:bool=True, # progress bars in a terminal or notebook; False (or output to a file): one line per epoch
                 log:bool=True): # False: print nothing (the CSV history is still written)
-    "Context for `learn`'s fit: how its progress is shown and where its history is written."
+    "Context for `learn`'s fit: how its progress is shown and where its history is written (by rank 0 alone under `torchrun`)."
     from fastai.callback.progress import CSVLogger
+    if rank_distrib(): log_dir, log = None, False  # one history file and one log per fit
     cbs = []
     if log_dir is not None:
         Path(log_dir).mkdir(parents=True, exist_ok=True)
@@ -170,7 +180,7 @@ class EpochCheckpoint(Callback):
         self.start = self.resume_epoch(self.n_epoch, len(self.dls.train))
         if self.start:
             import random
-            self.learn.model.load_state_dict(self.ck['model']); self.learn.opt.load_state_dict(self.ck['opt'])
+            getattr(self.learn.model, 'module', self.learn.model).load_state_dict(self.ck['model']); self.learn.opt.load_state_dict(self.ck['opt'])
             r = self.ck['rng']
             torch.set_rng_state(r['torch'].cpu()); np.random.set_state(r['numpy']); random.setstate(r['python']); self.dls.train.rng.setstate(r['dl'])
             print(f'{self.path.name}: resuming after epoch {self.start}/{self.n_epoch} from {self.path}', flush=True)
@@ -183,8 +193,9 @@ class EpochCheckpoint(Callback):
 
     def after_epoch(self):
         if self.epoch < self.start or ((self.epoch + 1) % self.every and self.epoch + 1 < self.n_epoch): return
-        if int(os.environ.get('RANK', 0)): return  # one writer in a distributed run
-        state = dict(model=self.learn.model.state_dict(), opt=self.learn.opt.state_dict(), epoch=self.epoch,
+        if rank_distrib(): return  # one writer in a distributed run: rank 0
+        model = getattr(self.learn.model, 'module', self.learn.model)  # unwrapped from `DDPTrainer`'s wrapper
+        state = dict(model=model.state_dict(), opt=self.learn.opt.state_dict(), epoch=self.epoch,
                      n_epoch=self.n_epoch, n_iter=len(self.dls.train), rng=self._rng())
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(self.path) as f: torch.save(state, f)
@@ -240,3 +251,82 @@ def mixed_precision(learn, # a fastai `Learner`
     learn.add_cbs([ChannelsLast(), MixedPrecision(p)] if dev.type == 'cuda' else [CPUMixedPrecision()])
     return learn
 
+
+# %% ../nbs/00_core.ipynb #7afa2405
+def init_distributed():
+    "Join the process group `torchrun` describes (NCCL with CUDA, gloo without); False when not distributed."
+    if num_distrib() <= 1: return False
+    if not torch.distributed.is_initialized():
+        if torch.cuda.is_available(): torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
+        torch.distributed.init_process_group('nccl' if torch.cuda.is_available() else 'gloo')
+    return True
+
+# %% ../nbs/00_core.ipynb #d7b6cec5
+def broadcast_list(x:list): # nested lists of ints (rank 0's value is kept)
+    "Rank 0's `x` on every rank of the process group (`x` itself when not distributed)."
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()): return x
+    dev = 'cuda' if torch.distributed.get_backend() == 'nccl' else 'cpu'
+    obj = [x]
+    torch.distributed.broadcast_object_list(obj, src=0, device=torch.device(dev, torch.cuda.current_device()) if dev == 'cuda' else None)
+    return obj[0]
+
+# %% ../nbs/00_core.ipynb #3d0e52bc
+from fastai.data.load import DataLoader
+
+class ShardedDL(DataLoader):
+    "fastai `DataLoader` of this process's `bs` items of every global batch of `bs * world_size` (rank 0's shuffle)."
+    def __init__(self, dataset=None, # a map-style dataset
+                 bs:int=64, # items per batch of this process
+                 shuffle:bool=False, # shuffle every epoch (rank 0's order, sent to every rank)
+                 drop_last:bool=False, # drop the last global batch when incomplete (else: filled from the start)
+                 rank:int=None, # this process (default: `RANK` set by torchrun, else 0)
+                 world_size:int=None, # processes (default: `WORLD_SIZE` set by torchrun, else 1)
+                 **kwargs): # to fastai's `DataLoader`
+        self.rank = rank_distrib() if rank is None else rank
+        self.world_size = max(num_distrib(), 1) if world_size is None else world_size
+        super().__init__(dataset, bs=bs, shuffle=shuffle, drop_last=drop_last, **kwargs)
+        self.n_items, gb = len(dataset), bs * self.world_size
+        self.n_global = self.n_items // gb if drop_last else -(-self.n_items // gb)
+        self.n = self.n_global * bs
+
+    def get_idxs(self):
+        idxs = list(range(self.n_items))
+        if self.shuffle: idxs = broadcast_list(list(self.shuffle_fn(idxs)))
+        gb = self.bs * self.world_size
+        idxs = [idxs[i % self.n_items] for i in range(self.n_global * gb)]
+        return [i for g in range(self.n_global) for i in idxs[g * gb + self.rank * self.bs:g * gb + (self.rank + 1) * self.bs]]
+
+# %% ../nbs/00_core.ipynb #7cc0d0f7
+class DDPTrainer(Callback):
+    "Wrap the model in `DistributedDataParallel` (NCCL on CUDA, gloo on CPU) while fitting."
+    order = 11  # after `ChannelsLast` moved the model, before the batches flow
+    def __init__(self,
+                 find_unused:bool=False, # some parameters get no gradient in some steps
+                 sync_bn:bool=True): # use `SyncBatchNorm` on CUDA
+        store_attr()
+
+    def before_fit(self):
+        model = self.model
+        dev = next(model.parameters()).device
+        if self.sync_bn and dev.type == 'cuda': model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        warnings.filterwarnings('ignore', message='Grad strides do not match bucket view strides')  # depthwise convolutions' gradients on a CPU: harmless
+        self.learn.model = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == 'cuda' else None,
+                                                   find_unused_parameters=self.find_unused)
+        if rank_distrib(): self.learn.logger = noop
+
+    def after_fit(self):
+        model = self.learn.model.module
+        for b in model.buffers(): torch.distributed.broadcast(b, 0)
+        self.learn.model = model
+
+# %% ../nbs/00_core.ipynb #fe5a3355
+def main_process()->bool:
+    "Whether this process writes the files every process shares (records, checkpoints, reports): rank 0, or the only process."
+    return rank_distrib() == 0
+
+def per_process(bs:int # a global batch size: items per optimiser step over all processes
+               )->int:
+    "This process's share of a global batch of `bs` items (`bs` itself outside `torchrun`); `DataError` when it does not split."
+    ws = max(num_distrib(), 1)
+    if bs % ws: raise DataError(f'batch size {bs} does not split over {ws} processes: use a multiple of {ws}')
+    return bs // ws

@@ -13,13 +13,14 @@ from fastcore.basics import store_attr, patch
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 from fastai.torch_core import default_device
-from .core import DataError, atomic_write
+from .core import DataError, atomic_write, ShardedDL, per_process
+from fastai.torch_core import num_distrib
 
 # %% auto #0
 __all__ = ['VOID', 'voc_palette', 'save_mask', 'load_mask', 'load_image', 'quantize_heatmap', 'save_heatmap', 'load_heatmap',
            'SegData', 'validate_data', 'imagenet_weights', 'image_tensor', 'colorize', 'JointAugment', 'MaskReader',
            'HeatmapReader', 'ClsDataset', 'SegDataset', 'RefineDataset', 'pad_collate', 'size_batches', 'ImageBatches',
-           'cls_dls', 'refine_dls']
+           'train_loader', 'cls_dls', 'refine_dls']
 
 # %% ../nbs/00_data.ipynb #32d4406b
 VOID = 255  # mask value of ignored pixels (object borders in VOC, padding after a crop)
@@ -604,10 +605,17 @@ class ImageBatches(torch.utils.data.Dataset):
 
 
 # %% ../nbs/00_data.ipynb #cf1182fb
+def train_loader(ds, # a training dataset of `pad_collate`-able items
+                 bs:int, # batch size: items per step over all processes
+                 num_workers:int=0, # loader worker processes
+                )->DataLoader:
+    "Shuffled training batches of `bs`; under `torchrun`, this process's share of every one (`ShardedDL`)."
+    kw = dict(bs=per_process(bs), shuffle=True, drop_last=len(ds) > bs, num_workers=num_workers, create_batch=pad_collate)
+    return ShardedDL(ds, **kw) if num_distrib() > 1 else DataLoader(ds, **kw)
+
 def _loaders(train_ds, valid_ds, bs, valid_bs, num_workers, device):
-    dl = lambda ds, b, train: DataLoader(ds, bs=b, shuffle=train, drop_last=train and len(ds) > b, num_workers=num_workers,
-                                         create_batch=pad_collate)
-    return DataLoaders(dl(train_ds, bs, True), dl(valid_ds, valid_bs or bs, False),
+    return DataLoaders(train_loader(train_ds, bs, num_workers),
+                       DataLoader(valid_ds, bs=valid_bs or bs, num_workers=num_workers, create_batch=pad_collate),
                        device=default_device() if device is None else device)
 
 def cls_dls(data, # a `SegData`

@@ -7,10 +7,11 @@ from __future__ import annotations
 import json, os, re, shutil, sys, time, platform
 from pathlib import Path
 import numpy as np, pandas as pd, torch
-from fastcore.basics import store_attr, patch
+from fastcore.basics import store_attr, patch, noop
 from fastcore.script import call_parse, Param
 from fastai.torch_core import set_seed
-from .core import DataError, write_json, Records, run_cli, fit_logging, atomic_write, precision, PRECISIONS
+from .core import DataError, write_json, read_json, Records, run_cli, fit_logging, atomic_write, precision, PRECISIONS, init_distributed, main_process
+from fastai.torch_core import rank_distrib, num_distrib, distrib_barrier
 from .data import validate_data, SegData, load_image, load_heatmap, load_mask, save_mask, colorize, voc_palette, imagenet_weights
 from .metrics import evaluate_folder
 from .synth import synthesize, EMBEDDED
@@ -223,17 +224,19 @@ class Run:
 
     def stage(self, name, fn):
         "Result of stage `name`: read from its record when finished before, else `fn()` timed and recorded."
+        say = print if main_process() else noop  # one voice under `torchrun`
         if self.done(name):
-            print(f'{name}: done before, skipped')
+            say(f'{name}: done before, skipped')
             return self.record(name)
-        print(f'{name}: running')
+        say(f'{name}: running')
         cuda = torch.cuda.is_available()
         if cuda: torch.cuda.reset_peak_memory_stats()
         t = time.perf_counter()
         res = dict(fn() or {})
         res['seconds'] = round(time.perf_counter() - t, 2)
         if cuda: res['gpu_peak_gib'] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-        return self.progress.write(name, res)  # written last: the stage counts as done only now
+        if num_distrib() > 1: res['processes'] = num_distrib()
+        return self.progress.write(name, res)  # written last (by rank 0): the stage counts as done only now
 
     def __repr__(self): return f'Run({self.out}, data={self.data}, config={self.config!r})'
 
@@ -278,7 +281,9 @@ def prepare(self:Run):
         cfg = _merge(run_configs[self.config or 'cpu'], self.overrides or {})  # `--set synth.*` shapes the generated data set
         n = sum(cfg['synth'].get(k, 0) for k in ('n_strong', 'n_weak', 'n_val'))
         workers = min(os.cpu_count() or 1, 16) if n >= 2000 else 0  # VOC-sized sets in parallel: an image does not depend on the process
-        def _gen(): synthesize(self.out/'data', seed=self.seed, n_workers=workers, **cfg['synth']); return dict(generated=True)
+        def _gen():
+            if main_process(): synthesize(self.out/'data', seed=self.seed, n_workers=workers, **cfg['synth'])
+            return dict(generated=True)
         self.stage('data', _gen)
         self.data = self.out/'data'
     self.ds = validate_data(self.data, self.mask_dir)
@@ -313,12 +318,12 @@ def run_cam(self:Run):
             learn = cam_learner(self.ds, c['arch'], self.weights['cam'], c['output_stride'], size=c['size'], bs=c['bs'])
             with fit_logging(learn, 'cam', self.out/'logs', bar=not self.quiet): train_cam(learn, c['epochs'], c['lr'])
             model = learn.model.eval()
-            save_cam_model(model, ck)
+            if main_process(): save_cam_model(model, ck)
             secs['train'] = time.perf_counter() - t
         t = time.perf_counter()
         ids = self.ds.ids('train_strong') + self.ds.ids('train_weak')
         extract_cams(model, self.ds, ids, self.out/'heatmaps'/'cam', bs=c['cam_bs'], scales=tuple(c['scales']),
-                     flip=c['flip'], progress=not self.quiet)
+                     flip=c['flip'], progress=not self.quiet, rank=rank_distrib(), world_size=max(num_distrib(), 1))
         secs['extract'] = time.perf_counter() - t
         return dict(stage_seconds=secs)
     return self.stage('cam', _run)
@@ -352,7 +357,7 @@ def run_refine(self:Run):
         rounds, name = c.pop('rounds'), c.pop('config')
         r = refine(self.ds, self.out/'heatmaps'/'cam', self.out, rounds, config=name, seed=self.seed, bar=not self.quiet, **c)
         res = dict(records=r.records, cam_threshold=self.cam_threshold())
-        if self.weak_masks:
+        if self.weak_masks and main_process():  # the record is rank 0's
             df = evaluate_stages(self.ds, self.out, cam_threshold=res['cam_threshold'])
             res['pseudo_label_miou'] = {k: float(v) for k, v in df.miou.items()}
         return res
@@ -377,7 +382,7 @@ def pred_dir(self:Run, name:str, # a key of `run_segmenters`
 def seg_init_weights(self:Run):
     "The CAM classifier's backbone as a torchvision ResNet state-dict file, for segmenters with `init='cam'`."
     dest = self.out/'checkpoints'/'cam_backbone.pth'
-    if dest.exists(): return dest
+    if not main_process() or dest.exists(): return distrib_barrier() or dest  # rank 0 writes it, the others wait
     cam, arch = load_cam_model(self.out/'checkpoints'/'cam.pth'), _seg_arch(self.cfg['seg'])
     if str(cam.arch).split(':')[-1] != arch:
         raise ValueError(f"seg init='cam' needs a CAM backbone of the segmenter's architecture {arch!r}, got {cam.arch!r}")
@@ -386,6 +391,7 @@ def seg_init_weights(self:Run):
         i, rest = k.split('.', 1)
         sd[f'{RESNET_TRUNK[int(i)]}.{rest}'] = v
     with atomic_write(dest) as f: torch.save(sd, f)
+    distrib_barrier()
     return dest
 
 # %% ../nbs/08_pipeline.ipynb #8e6d74c8
@@ -398,11 +404,12 @@ def cam_threshold(self:Run)->float:
 def cam_pseudo_labels(self:Run):
     "Pseudo labels from `h0` with the background threshold chosen on the strong images (the `cam` baseline)."
     dest, th = self.out/'baselines'/'cam'/'pseudo_labels', self.cam_threshold()
-    for i in self.ds.ids('train_weak'):
+    for i in self.ds.ids('train_weak')[rank_distrib()::max(num_distrib(), 1)]:  # this process's share
         fn = dest/f'{i}.png'
         if fn.exists(): continue
         h = load_heatmap(self.out/'heatmaps'/'cam'/f'{i}.npz', self.ds.n_classes)
         save_mask(cam_to_labels(h, th).numpy().astype(np.uint8), fn)
+    distrib_barrier()
     return dest
 
 # %% ../nbs/08_pipeline.ipynb #5afb2719
@@ -569,10 +576,12 @@ def report(self:Run, results:dict):
     if any(len(v) > 1 for v in runs.values()):  # several trainings: their spread is part of the result
         rep['segmentation_runs'] = {k: [round(x, 2) for x in v] for k, v in runs.items()}
         rep['segmentation_std'] = {k: round(float(np.std(v, ddof=1)), 2) if len(v) > 1 else None for k, v in runs.items()}
-    rep['figures'] = self.write_figures(rep)
-    write_json(rep, self.out/'report.json')
-    with atomic_write(self.out/'report.md', 'w') as f: f.write(report_markdown(rep))
-    return rep
+    if main_process():  # rank 0 writes; every process returns the report as written
+        rep['figures'] = self.write_figures(rep)
+        write_json(rep, self.out/'report.json')
+        with atomic_write(self.out/'report.md', 'w') as f: f.write(report_markdown(rep))
+    distrib_barrier()
+    return rep if main_process() else read_json(self.out/'report.json')
 
 # %% ../nbs/08_pipeline.ipynb #59a5767c
 def run_pipeline(out='runs/default', # output folder
@@ -593,10 +602,13 @@ def run_pipeline(out='runs/default', # output folder
     if not isinstance(repeats, int) or repeats < 1: raise DataError(f'--repeats {repeats}: expected a whole number >= 1')
     if out.exists() and not out.is_dir(): raise DataError(f'--out {out} is a file, not a folder')
     if data is not None and not Path(data).is_dir(): raise DataError(f'data set folder not found: {data}')
+    init_distributed()  # under `torchrun`: every stage runs on every process (see below)
     if fresh and out.exists():
         if data is not None: validate_data(data, mask_dir)  # nothing is deleted for a run that cannot start
-        clear_run(out, data)
-    remove_temp_files(out)
+        distrib_barrier()  # every process has seen `out` before rank 0 deletes it
+        if main_process(): clear_run(out, data)
+    if main_process(): remove_temp_files(out)
+    distrib_barrier()
     run = Run(out, data, config, seed, overrides, mask_dir, quiet).prepare()
     res = {'data': run.record('data')} if run.done('data') else {}
     res.update(cam=run.run_cam(), refine=run.run_refine())
@@ -671,6 +683,8 @@ def trl_run(data:str=None, # data set folder in the VOC layout (default: generat
     t = time.perf_counter()
     rep = run_pipeline(out, data, config, seed, fresh, overrides, mask_dir=mask_dir, quiet=quiet, repeats=repeats)
     out = Path(out)
+    if torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
+    if not main_process(): return  # rank 0 speaks for the run
     print(f"pseudo labels: mIoU {rep['pseudo_label_miou']}" if rep['pseudo_label_miou'] else 'pseudo labels written')
     print(f"segmentation (val): mIoU {rep['segmentation_miou']}")
     print(f'finished in {time.perf_counter() - t:.0f} s; report: {out/"report.json"} and {out/"report.md"}')

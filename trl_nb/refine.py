@@ -19,13 +19,15 @@ from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 from fastai.torch_core import set_seed, default_device
 from fastprogress.fastprogress import progress_bar
-from .core import run_cli, fit_logging, EpochCheckpoint, interactive, DataError, atomic_write, Records, autocast, mixed_precision, precision
+from .core import (run_cli, fit_logging, EpochCheckpoint, interactive, DataError, atomic_write, Records, autocast, mixed_precision, precision,
+                         init_distributed, DDPTrainer, main_process)
+from fastai.torch_core import rank_distrib, num_distrib, distrib_barrier
 from .data import (validate_data, VOID, SegData, save_mask, load_mask, save_heatmap, load_heatmap, ImageBatches, HeatmapReader,
                          RefineDataset, JointAugment, pad_collate, refine_dls)
 from .metrics import ConfusionMatrix, evaluate_folder
 from .dctn import dctn, dctn_config, class_label_filter, load_twins_weights, TwinsClassifier
 from .cam import cam_threshold_sweep
-from .data import cls_dls
+from .data import cls_dls, train_loader
 
 # %% auto #0
 __all__ = ['refine_configs', 'stage_names', 'refine_config', 'round_variant', 'step_schedule', 'refine_learner', 'save_refiner',
@@ -81,9 +83,7 @@ def _strong_dls(data, heatmaps, ids, cfg, device):
     strong = set(data.ids('train_strong'))
     if not set(ids) <= strong: raise ValueError(f'ids {sorted(set(ids) - strong)[:5]} are not in train_strong')
     ds = RefineDataset(data, list(ids), heatmaps, JointAugment(cfg['crop'], cfg['scale']))
-    dl = DataLoader(ds, bs=cfg['bs'], shuffle=True, drop_last=len(ds) > cfg['bs'], num_workers=cfg['num_workers'],
-                    create_batch=pad_collate)
-    return DataLoaders(dl, DataLoader(RefineDataset(data, [], heatmaps), bs=cfg['bs'], create_batch=pad_collate),
+    return DataLoaders(train_loader(ds, cfg['bs'], cfg['num_workers']), DataLoader(RefineDataset(data, [], heatmaps), bs=cfg['bs'], create_batch=pad_collate),
                        device=default_device() if device is None else device)
 
 def refine_learner(data:SegData, # the data set
@@ -145,13 +145,14 @@ def train_round(data:SegData, # the data set
         learn.model.load_state_dict(load_refiner(ckpt).state_dict())
         return learn
     part = None if ckpt is None else Path(f'{ckpt}.partial')  # mid-fit state: a killed fit resumes after its last epoch
-    cbs = [] if part is None else [EpochCheckpoint(part, cfg['save_every'])]
+    cbs = ([] if part is None else [EpochCheckpoint(part, cfg['save_every'])]) + ([DDPTrainer()] if init_distributed() else [])
     with fit_logging(learn, Path(ckpt).stem if ckpt else variant, log_dir, bar):
         if cfg['schedule'] == 'one_cycle': learn.fit_one_cycle(cfg['epochs'], cfg['lr'], cbs=cbs)
         else: learn.fit(cfg['epochs'], cfg['lr'], cbs=cbs + [ParamScheduler({'lr': step_schedule(cfg['lr'], cfg['decay_at'], cfg['decay'])})])
-    if ckpt is not None:
+    if ckpt is not None and main_process():
         save_refiner(learn.model, ckpt, variant, cfg)
         part.unlink(missing_ok=True)
+    distrib_barrier()
     return learn
 
 # %% ../nbs/06_refine.ipynb #0102721c
@@ -173,8 +174,10 @@ def pretrain_image_stream(data:SegData, # the data set: every training image's l
     learn = Learner(dls, TwinsClassifier(data.n_classes, dctn_config(cfg['dctn'], **cfg['dctn_kw'])),
                     loss_func=torch.nn.MultiLabelSoftMarginLoss())
     mixed_precision(learn, cpu=False)
-    with fit_logging(learn, 'pretrain', log_dir, bar): learn.fit_one_cycle(epochs, lr)
-    with atomic_write(dest) as f: torch.save({k: v.detach().cpu() for k, v in learn.model.stream.state_dict().items()}, f)
+    with fit_logging(learn, 'pretrain', log_dir, bar): learn.fit_one_cycle(epochs, lr, cbs=[DDPTrainer()] if init_distributed() else [])
+    if main_process():
+        with atomic_write(dest) as f: torch.save({k: v.detach().cpu() for k, v in learn.model.stream.state_dict().items()}, f)
+    distrib_barrier()
     return learn
 
 # %% ../nbs/06_refine.ipynb #829edc5a
@@ -319,10 +322,12 @@ def check_settings(self:Refinement):
 @patch
 def clear(self:Refinement):
     "Delete what this class wrote under `out` (rounds, stages, checkpoints, pseudo labels); `h0` is kept."
-    for p in [*(self.out/'heatmaps').glob('round*'), self.out/'stages', self.pseudo_dir]:
-        if p.is_dir(): shutil.rmtree(p)
-    for p in (self.out/'checkpoints').glob('*'):
-        if p.name.startswith(('dctn', 'round', 'refine.', 'pseudo_labels', 'variant_')): p.unlink()
+    if main_process():  # rank 0 deletes, the other processes wait
+        for p in [*(self.out/'heatmaps').glob('round*'), self.out/'stages', self.pseudo_dir]:
+            if p.is_dir(): shutil.rmtree(p)
+        for p in (self.out/'checkpoints').glob('*'):
+            if p.name.startswith(('dctn', 'round', 'refine.', 'pseudo_labels', 'variant_')): p.unlink()
+    distrib_barrier()
     return self
 
 # %% ../nbs/06_refine.ipynb #80ba8082
@@ -340,8 +345,11 @@ def train(self:Refinement, k:int, # round
 
 @patch
 def _write(self:Refinement, model, ids, k, raw_dest=None):
-    return write_refined(model, self.data, ids, self.heat_dir(k - 1), self.heat_dir(k), raw_dest, bs=self.cfg['infer_bs'],
-                         device=self.device, num_workers=self.cfg['num_workers'], bar=self.bar)
+    done = write_refined(model, self.data, ids, self.heat_dir(k - 1), self.heat_dir(k), raw_dest, bs=self.cfg['infer_bs'],
+                         device=self.device, num_workers=self.cfg['num_workers'], bar=self.bar,
+                         rank=rank_distrib(), world_size=max(num_distrib(), 1))  # each process its share of the images
+    distrib_barrier()
+    return done
 
 @patch
 def strong_maps(self:Refinement, k:int # round whose maps are made
@@ -349,6 +357,7 @@ def strong_maps(self:Refinement, k:int # round whose maps are made
     "Write h'_k of the strong images (`'self'` or `'oof'`, after CLF with their masks' labels); returns the ids written."
     strong = self.data.ids('train_strong')
     todo = [i for i in strong if not (self.heat_dir(k)/f'{i}.npz').exists()]
+    distrib_barrier()  # every process has seen what is missing before any writes
     if not todo: return []
     if self.cfg['strong_maps'] == 'self': self._write(self.train(k).model, strong, k); return todo
     for j, fold in enumerate(fold_ids(strong, self.cfg['folds'], self.seed + k)):
@@ -384,12 +393,13 @@ def write_pseudo_labels(self:Refinement, k:int # the last round
     "Pseudo labels = argmax of h'_k (no threshold, no CRF) as palette PNGs in `<out>/pseudo_labels/`."
     want = dict(round=k)
     if not self.store.done('pseudo_labels') or self.store.read('pseudo_labels') != want:
-        if self.pseudo_dir.exists(): shutil.rmtree(self.pseudo_dir)
+        if main_process() and self.pseudo_dir.exists(): shutil.rmtree(self.pseudo_dir)
         self.store.write('pseudo_labels', want)
     n = self.data.n_classes
-    for i in _progress(self.data.ids('train_weak'), self.bar):
+    for i in _progress(self.data.ids('train_weak')[rank_distrib()::max(num_distrib(), 1)], self.bar):  # this process's share
         fn = self.pseudo_dir/f'{i}.png'
         if not fn.exists(): save_mask(load_heatmap(self.heat_dir(k)/f'{i}.npz', n).argmax(0).astype(np.uint8), fn)
+    distrib_barrier()
     return self.pseudo_dir
 
 # %% ../nbs/06_refine.ipynb #743fb6b7
@@ -432,7 +442,9 @@ def run_variant(self:Refinement, variant:str # a key of `trl_nb.dctn.dctn_varian
     secs = dict(train=time.perf_counter() - t)
     t = time.perf_counter()
     write_refined(learn.model, self.data, self.data.ids('train_weak'), self.heat_dir(0), None, self.stage_dir(variant),
-                  bs=self.cfg['infer_bs'], device=self.device, num_workers=self.cfg['num_workers'], bar=self.bar)
+                  bs=self.cfg['infer_bs'], device=self.device, num_workers=self.cfg['num_workers'], bar=self.bar,
+                  rank=rank_distrib(), world_size=max(num_distrib(), 1))
+    distrib_barrier()
     res = dict(variant=variant, seconds=dict(secs, refine_weak=time.perf_counter() - t))
     return self.store.write(f'variant_{variant}', res)
 

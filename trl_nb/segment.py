@@ -20,7 +20,7 @@ from fastai.callback.core import Callback
 from fastai.callback.schedule import ParamScheduler
 from fastai.learner import Learner, Metric
 from fastai.optimizer import Adam
-from .core import fit_logging, EpochCheckpoint, atomic_write, autocast, mixed_precision as add_mixed_precision
+from .core import fit_logging, EpochCheckpoint, atomic_write, autocast, mixed_precision as add_mixed_precision, init_distributed, broadcast_list, DDPTrainer, main_process, per_process
 from .data import VOID, save_mask, load_mask, colorize, JointAugment, SegDataset, pad_collate, ImageBatches
 from .metrics import ConfusionMatrix
 from .cam import dilate_resnet
@@ -29,10 +29,9 @@ from .refine import step_schedule
 # %% auto #0
 __all__ = ['RESNETS', 'RESNET_TRUNK', 'STRONG', 'WEAK', 'SEGMENTERS', 'MODES', 'PAPER_SEGMENTER', 'load_imagenet_weights',
            'resnet_backbone', 'fov_classifier', 'LargeFOVHead', 'TrunkHeads', 'DeepLabLargeFOV', 'DeepLabV3',
-           'SingleHead', 'segmenter_name', 'deeplab_splitter', 'broadcast_list', 'BranchDL', 'seg_cross_entropy',
-           'branch_cross_entropy', 'init_distributed', 'DDPTrainer', 'BranchDataset', 'train_items', 'segment_dls',
-           'SegMIoU', 'segmenter_learner', 'train_segmenter', 'save_segmenter', 'load_segmenter', 'predict_folder',
-           'plot_segmentations']
+           'SingleHead', 'segmenter_name', 'deeplab_splitter', 'BranchDL', 'seg_cross_entropy', 'branch_cross_entropy',
+           'BranchDataset', 'train_items', 'segment_dls', 'SegMIoU', 'segmenter_learner', 'train_segmenter',
+           'save_segmenter', 'load_segmenter', 'predict_folder', 'plot_segmentations']
 
 # %% ../nbs/07_segment.ipynb #51bba2ee
 def load_imagenet_weights(net:nn.Module, # a torchvision `ResNet`
@@ -217,15 +216,6 @@ def deeplab_splitter(model:DeepLabLargeFOV):
     neck = getattr(model, 'neck', None)
     return [list(model.backbone.parameters()), (list(neck.parameters()) if neck is not None else []) + list(model.heads.parameters())]
 
-# %% ../nbs/07_segment.ipynb #b79c438b
-def broadcast_list(x:list): # nested lists of ints (rank 0's value is kept)
-    "Rank 0's `x` on every rank of the process group (`x` itself when not distributed)."
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()): return x
-    dev = 'cuda' if torch.distributed.get_backend() == 'nccl' else 'cpu'
-    obj = [x]
-    torch.distributed.broadcast_object_list(obj, src=0, device=torch.device(dev, torch.cuda.current_device()) if dev == 'cuda' else None)
-    return obj[0]
-
 # %% ../nbs/07_segment.ipynb #fd2af5ec
 class BranchDL(DataLoader):
     "Shuffled batches with `strong_frac` of each batch strong items and the rest weak; in a distributed run, this rank's share."
@@ -295,37 +285,6 @@ def branch_cross_entropy(pred:torch.Tensor, # logits (B,C,H,W), each image's fro
         sel = branch == b
         if bool(sel.any()): loss = loss + w * seg_cross_entropy(pred[sel], target[sel])
     return loss
-
-# %% ../nbs/07_segment.ipynb #3e36b5a3
-def init_distributed():
-    "Join the process group `torchrun` describes (NCCL with CUDA, gloo without); False when not distributed."
-    if num_distrib() <= 1: return False
-    if not torch.distributed.is_initialized():
-        if torch.cuda.is_available(): torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
-        torch.distributed.init_process_group('nccl' if torch.cuda.is_available() else 'gloo')
-    return True
-
-# %% ../nbs/07_segment.ipynb #1a56436e
-class DDPTrainer(Callback):
-    "Wrap the model in `DistributedDataParallel` (NCCL on CUDA, gloo on CPU) while fitting."
-    order = 11  # after `ChannelsLast` moved the model, before the batches flow
-    def __init__(self,
-                 find_unused:bool=False, # some parameters get no gradient in some steps
-                 sync_bn:bool=True): # use `SyncBatchNorm` on CUDA
-        store_attr()
-
-    def before_fit(self):
-        model = self.model
-        dev = next(model.parameters()).device
-        if self.sync_bn and dev.type == 'cuda': model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self.learn.model = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == 'cuda' else None,
-                                                   find_unused_parameters=self.find_unused)
-        if rank_distrib(): self.learn.logger = noop
-
-    def after_fit(self):
-        model = self.learn.model.module
-        for b in model.buffers(): torch.distributed.broadcast(b, 0)
-        self.learn.model = model
 
 # %% ../nbs/07_segment.ipynb #3f5c5adc
 MODES = ('dual', 'sup_only', 'naive', 'full_sup')
@@ -453,7 +412,7 @@ def train_segmenter(data, # a `SegData`
                     arch:str=PAPER_SEGMENTER['arch'], # torchvision ResNet of the backbone
                     weights=None, # local ImageNet state-dict file of the backbone
                     epochs:int=PAPER_SEGMENTER['epochs'], # epochs (paper: 32 on VOC, 10 on COCO)
-                    bs:int=PAPER_SEGMENTER['bs'], # batch size per process
+                    bs:int=PAPER_SEGMENTER['bs'], # batch size: items per step over all processes (each of N takes bs / N)
                     size:int=PAPER_SEGMENTER['size'], # training crop size
                     lr:float=PAPER_SEGMENTER['lr'], # Adam's initial (`step`) or peak (`one_cycle`) learning rate
                     schedule:str=PAPER_SEGMENTER['schedule'], # 'step' (the paper's decay) or 'one_cycle' (fastai's `fit_one_cycle`)
@@ -475,7 +434,7 @@ def train_segmenter(data, # a `SegData`
     set_seed(seed, reproducible=True)
     dkw = {k: kwargs.pop(k) for k in ('valid_bs', 'scale', 'flip', 'num_workers', 'device', 'strong_frac') if k in kwargs}
     if steps is not None: dkw['steps_per_epoch'] = max(1, round(steps / epochs))
-    dls = segment_dls(data, mode, pseudo_dir, size=size, bs=bs, valid_split=valid_split, **dkw)
+    dls = segment_dls(data, mode, pseudo_dir, size=size, bs=per_process(bs), valid_split=valid_split, **dkw)
     learn = segmenter_learner(dls, data.n_classes, mode, arch, weights, **kwargs)
     cbs = [DDPTrainer()] if distributed else []
     part = None if ckpt is None else Path(f'{ckpt}.partial')  # mid-fit state: a killed fit resumes after its last epoch
