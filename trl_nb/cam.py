@@ -218,7 +218,7 @@ def cam_threshold_sweep(heat_dir:str, # folder of `<id>.npz` heat maps
     mats = torch.zeros(len(thresholds) * n * n, dtype=torch.int64)
     for i in ids:
         gt = torch.from_numpy(data.eval_mask(i)).long()
-        h = torch.from_numpy(load_heatmap(heat_dir/f'{i}.npz', n_channels=n, size=tuple(gt.shape)))
+        h = torch.from_numpy(load_heatmap(heat_dir/f'{i}.npz', n_channels=n, shape=tuple(gt.shape)))
         score, cls = h[1:].max(0)
         valid = gt != VOID
         pred = torch.where(score[valid] > thr, cls[valid] + 1, 0)          # (n_thresholds, n_valid_pixels)

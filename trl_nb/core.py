@@ -16,7 +16,7 @@ from fastai.torch_core import rank_distrib, num_distrib, distrib_barrier
 __all__ = ['PRECISIONS', 'atomic_write', 'write_json', 'read_json', 'Records', 'DataError', 'cli_parser', 'run_cli',
            'interactive', 'epoch_logger', 'tensorboard_cb', 'fit_logging', 'EpochCheckpoint', 'cpu_bf16', 'precision',
            'autocast', 'CPUMixedPrecision', 'mixed_precision', 'init_distributed', 'broadcast_list', 'ShardedDL',
-           'DDPTrainer', 'main_process', 'per_process']
+           'CPUSyncBatchNorm', 'sync_batchnorm_cpu', 'DDPTrainer', 'main_process', 'per_process']
 
 # %% ../nbs/00_core.ipynb #0383638a
 @contextlib.contextmanager
@@ -296,19 +296,55 @@ class ShardedDL(DataLoader):
         idxs = [idxs[i % self.n_items] for i in range(self.n_global * gb)]
         return [i for g in range(self.n_global) for i in idxs[g * gb + self.rank * self.bs:g * gb + (self.rank + 1) * self.bs]]
 
+# %% ../nbs/00_core.ipynb #653fee6e
+class _SumOverProcesses(torch.autograd.Function):
+    "The sum of a tensor over all processes; its gradient is the sum of the processes' gradients."
+    @staticmethod
+    def forward(ctx, t): t = t.clone(); torch.distributed.all_reduce(t); return t
+    @staticmethod
+    def backward(ctx, g): g = g.clone(); torch.distributed.all_reduce(g); return g
+
+class CPUSyncBatchNorm(nn.BatchNorm2d):
+    "`BatchNorm2d` with the batch statistics of all processes (gloo), where `nn.SyncBatchNorm` does not run: on CPUs"
+    def forward(self, x):
+        if not (self.training and torch.distributed.is_available() and torch.distributed.is_initialized()): return super().forward(x)
+        C, xf = x.shape[1], x.float()
+        stats = _SumOverProcesses.apply(torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), xf.new_tensor([xf.numel() / C])]))
+        n = stats[-1]
+        mean = stats[:C] / n
+        var = (stats[C:2 * C] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean, m)
+                self.running_var.lerp_(var * n / (n - 1).clamp_min(1), m)  # unbiased, as BatchNorm2d keeps it
+        y = (xf - mean[:, None, None]) * torch.rsqrt(var + self.eps)[:, None, None]
+        if self.affine: y = y * self.weight[:, None, None] + self.bias[:, None, None]
+        return y.to(x.dtype)
+
+def sync_batchnorm_cpu(model:nn.Module, # a model with `BatchNorm2d` layers
+                       on:bool=True, # False: back to `BatchNorm2d`
+                      )->nn.Module:
+    "`model` with every `BatchNorm2d` turned into a `CPUSyncBatchNorm` in place (same parameters and buffers), or back."
+    src, dst = (nn.BatchNorm2d, CPUSyncBatchNorm) if on else (CPUSyncBatchNorm, nn.BatchNorm2d)
+    for m in model.modules():
+        if type(m) is src: m.__class__ = dst
+    return model
+
 # %% ../nbs/00_core.ipynb #7cc0d0f7
 class DDPTrainer(Callback):
     "Wrap the model in `DistributedDataParallel` (NCCL on CUDA, gloo on CPU) while fitting."
     order = 11  # after `ChannelsLast` moved the model, before the batches flow
     def __init__(self,
                  find_unused:bool=False, # some parameters get no gradient in some steps
-                 sync_bn:bool=True): # use `SyncBatchNorm` on CUDA
+                 sync_bn:bool=True): # batch statistics of the global batch: `SyncBatchNorm` on CUDA, `CPUSyncBatchNorm` on CPUs
         store_attr()
 
     def before_fit(self):
         model = self.model
         dev = next(model.parameters()).device
-        if self.sync_bn and dev.type == 'cuda': model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if self.sync_bn: model = nn.SyncBatchNorm.convert_sync_batchnorm(model) if dev.type == 'cuda' else sync_batchnorm_cpu(model)
         warnings.filterwarnings('ignore', message='Grad strides do not match bucket view strides')  # depthwise convolutions' gradients on a CPU: harmless
         self.learn.model = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == 'cuda' else None,
                                                    find_unused_parameters=self.find_unused)
@@ -316,6 +352,7 @@ class DDPTrainer(Callback):
 
     def after_fit(self):
         model = self.learn.model.module
+        if self.sync_bn and next(model.parameters()).device.type != 'cuda': sync_batchnorm_cpu(model, on=False)
         for b in model.buffers(): torch.distributed.broadcast(b, 0)
         self.learn.model = model
 

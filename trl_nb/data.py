@@ -166,7 +166,7 @@ def _decode_compact(z):
 
 def load_heatmap(path, # a `.npz` written by `save_heatmap` (compact or float16)
                  n_channels=None, # when given, the expected channel count C
-                 size=None, # when given, the expected (H, W)
+                 shape=None, # when given, the expected (H, W)
                 )->np.ndarray: # (C, H, W) float32
     "Read a heat map, checking its channel count and size; errors name the file."
     path = Path(path)
@@ -179,8 +179,8 @@ def load_heatmap(path, # a `.npz` written by `save_heatmap` (compact or float16)
     if h.ndim != 3: raise ValueError(f'heat map {path} must be (C, H, W), got shape {h.shape}')
     if n_channels is not None and h.shape[0] != n_channels:
         raise ValueError(f'heat map {path} has {h.shape[0]} channels, expected {n_channels} (one per class, background included)')
-    if size is not None and tuple(h.shape[1:]) != tuple(size):
-        raise ValueError(f'heat map {path} has size {tuple(h.shape[1:])}, expected {tuple(size)} (the image size)')
+    if shape is not None and tuple(h.shape[1:]) != tuple(shape):
+        raise ValueError(f'heat map {path} has size {tuple(h.shape[1:])}, expected {tuple(shape)} (the image size)')
     return h.astype(np.float32, copy=False)
 
 # %% ../nbs/00_data.ipynb #87678ed1

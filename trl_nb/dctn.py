@@ -548,7 +548,7 @@ def _sdpa_cpu_flops(q, k, v, *args, out_shape=None, **kwargs):
     return sdpa_flop_count(q, k, v)
 
 def dctn_costs(model:DCTN, # model to measure
-               size:int=320): # side of the square input
+               side:int=320): # side of the square input
     "Parameters and forward FLOPs of the stems, each Transformer stage (both streams and the cross block) and the head"
     from torch.utils.flop_counter import FlopCounterMode
     parts = ['stem'] + [f'stage {k + 1}' for k in range(len(model.cfg.depths))] + ['head']
@@ -560,8 +560,8 @@ def dctn_costs(model:DCTN, # model to measure
     params = dict.fromkeys(parts, 0)
     for n, t in model.named_parameters(): params[part(n)] += t.numel()
     p = next(model.parameters())
-    x = torch.zeros(1, model.in_chans, size, size, device=p.device, dtype=p.dtype)
-    h = torch.zeros(1, model.heat_chans, size, size, device=p.device, dtype=p.dtype)
+    x = torch.zeros(1, model.in_chans, side, side, device=p.device, dtype=p.dtype)
+    h = torch.zeros(1, model.heat_chans, side, side, device=p.device, dtype=p.dtype)
     mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops}
     flops = dict.fromkeys(parts, 0)
     model.eval()

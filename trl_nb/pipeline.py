@@ -249,10 +249,10 @@ def run_weights(settings:dict # the effective settings of a run
     cam, ref, seg = settings['cam'], settings['refine'], settings['seg']
     cam_file, dctn = imagenet_weights(cam['arch'], cam.get('weights'), 'cam.weights'), ref.get('pretrained')
     if dctn == 'imagenet':
-        size = ref.get('dctn') or refine_configs[ref['config']]['dctn']
-        if size not in TWINS_IMAGENET:
-            raise DataError(f"refine.pretrained=imagenet: ImageNet Twins weights exist for DCTN size {', '.join(TWINS_IMAGENET)}, not {size!r}")
-        dctn = imagenet_weights(TWINS_IMAGENET[size], 'imagenet', 'refine.pretrained')
+        preset = ref.get('dctn') or refine_configs[ref['config']]['dctn']
+        if preset not in TWINS_IMAGENET:
+            raise DataError(f"refine.pretrained=imagenet: ImageNet Twins weights exist for DCTN size {', '.join(TWINS_IMAGENET)}, not {preset!r}")
+        dctn = imagenet_weights(TWINS_IMAGENET[preset], 'imagenet', 'refine.pretrained')
     else: dctn = imagenet_weights('twins', dctn, 'refine.pretrained')
     return dict(cam=cam_file, dctn=dctn,
                 seg=None if seg.get('init') == 'cam' else imagenet_weights(_seg_arch(seg), seg.get('weights'), 'seg.weights'))
@@ -450,13 +450,13 @@ def _heat_rgb(h:np.ndarray)->np.ndarray:
 # %% ../nbs/08_pipeline.ipynb #60288f1d
 @patch
 def plot_rounds(self:Run, ids:list=None, # weak images to show (default: the first four)
-                size:float=1.8): # inches per panel
+                panel:float=1.8): # inches per panel
     "Fig. 1-like figure: image | CAM | each round's filtered map | pseudo label | ground truth (when on disk)."
     import matplotlib.pyplot as plt
     ids = ids or self.ds.ids('train_weak')[:4]
     rounds = sorted(p.name for p in (self.out/'heatmaps').glob('round*'))
     cols = ['image', 'CAM h0', *[f'DCTN{r[5:]} + CLF' for r in rounds], 'pseudo label'] + (['ground truth'] if self.weak_masks else [])
-    fig, axs = plt.subplots(len(ids), len(cols), figsize=(size*len(cols), size*len(ids)), squeeze=False)
+    fig, axs = plt.subplots(len(ids), len(cols), figsize=(panel*len(cols), panel*len(ids)), squeeze=False)
     for r, i in enumerate(ids):
         panels = [self.ds.image(i), _heat_rgb(load_heatmap(self.out/'heatmaps'/'cam'/f'{i}.npz'))]
         panels += [_heat_rgb(load_heatmap(self.out/'heatmaps'/k/f'{i}.npz')) for k in rounds]

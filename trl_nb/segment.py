@@ -507,11 +507,11 @@ def predict_folder(model:nn.Module, # a `DeepLabLargeFOV` (or a DDP wrapper of o
 def plot_segmentations(data, # a `SegData`
                        ids:list, # images (rows)
                        pred_dirs:dict, # column title -> folder of `<id>.png` predictions
-                       size:float=1.8): # inches per panel
+                       panel:float=1.8): # inches per panel
     "Figure of image | predictions of each method | ground truth, one row per id (Fig. 5-like)."
     import matplotlib.pyplot as plt
     cols = ['image', *pred_dirs, 'ground truth']
-    fig, axs = plt.subplots(len(ids), len(cols), figsize=(size * len(cols), size * len(ids)), squeeze=False)
+    fig, axs = plt.subplots(len(ids), len(cols), figsize=(panel * len(cols), panel * len(ids)), squeeze=False)
     for r, id in enumerate(ids):
         panels = [data.image(id), *(colorize(load_mask(Path(d)/f'{id}.png')) for d in pred_dirs.values()), colorize(data.eval_mask(id))]
         for c, (ax, p) in enumerate(zip(axs[r], panels)):
