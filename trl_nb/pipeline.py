@@ -100,6 +100,7 @@ def _known_keys()->dict:
                     'pseudo_dir', 'mode', 'seed', 'ckpt', 'quiet', 'log', 'log_dir', 'dls', 'n_classes', 'device'},
                 baselines=set(run_segmenters) - {'trl'})
 
+# %% ../nbs/08_pipeline.ipynb #abc99cf8
 def read_yaml(text:str):
     "`text` read as YAML, with YAML 1.2's floats: `3e-4` is a number (PyYAML's YAML 1.1 would read a string)."
     import re, yaml
@@ -107,6 +108,7 @@ def read_yaml(text:str):
     Loader.add_implicit_resolver('tag:yaml.org,2002:float', re.compile(r'^[-+]?(?:\d[\d_]*(?:\.\d*)?|\.\d+)[eE][-+]?\d+$'), list('-+.0123456789'))
     return yaml.load(text, Loader)
 
+# %% ../nbs/08_pipeline.ipynb #62b403af
 def parse_overrides(items:list, # 'section.entry=value' strings, e.g. `['seg.epochs=1', 'refine.rounds=3']`
                    )->dict:
     "Nested overrides from `--set` strings; each value is read as YAML (`1` an int, `3e-4` a float, `[1, 1.5]` a list, `null` None)."
@@ -190,6 +192,7 @@ def clear_run(out, # a run folder
     shutil.rmtree(out)
     print(f'{out}: previous run deleted (--fresh)')
 
+# %% ../nbs/08_pipeline.ipynb #7aecee0b
 def remove_temp_files(out):
     "Delete the temp files a killed run left under `out` (`atomic_write` names them `.<name>.<random>.tmp`)."
     for p in Path(out).rglob('.*.tmp') if Path(out).is_dir() else []:
@@ -335,6 +338,7 @@ def refine_cfg(self:Run)->dict:
     c = {k: v for k, v in self.cfg['refine'].items() if k not in ('rounds', 'config')}
     return refine_config(self.cfg['refine']['config'], **c)
 
+# %% ../nbs/08_pipeline.ipynb #99a0599b
 @patch
 def run_pretrain(self:Run):
     "Pretrain DCTN's image stream on the image labels; returns the weight file for the refinement, or None."
@@ -400,6 +404,7 @@ def cam_threshold(self:Run)->float:
     "CAM's background threshold: the best of a sweep on the strong images (never on the weak masks it is scored on)."
     return float(cam_threshold_sweep(self.out/'heatmaps'/'cam', self.ds, 'train_strong').miou.idxmax())
 
+# %% ../nbs/08_pipeline.ipynb #04314ede
 @patch
 def cam_pseudo_labels(self:Run):
     "Pseudo labels from `h0` with the background threshold chosen on the strong images (the `cam` baseline)."

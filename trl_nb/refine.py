@@ -343,6 +343,7 @@ def train(self:Refinement, k:int, # round
                        self.seed + k if seed is None else seed, self.ckpt(name or f'dctn{k}'), self.bar, self.device,
                        log_dir=self.out/'logs')
 
+# %% ../nbs/06_refine.ipynb #68f1e8d1
 @patch
 def _write(self:Refinement, model, ids, k, raw_dest=None):
     done = write_refined(model, self.data, ids, self.heat_dir(k - 1), self.heat_dir(k), raw_dest, bs=self.cfg['infer_bs'],
