@@ -11,16 +11,13 @@ from pathlib import Path
 import numpy as np, torch, torchvision
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from fastcore.basics import store_attr, noop
 from fastai.torch_core import set_seed, rank_distrib, num_distrib, distrib_barrier, default_device, trainable_params
 from fastai.data.load import DataLoader
 from fastai.data.core import DataLoaders
-from fastai.callback.core import Callback
 from fastai.callback.schedule import ParamScheduler
 from fastai.learner import Learner, Metric
 from fastai.optimizer import Adam
-from .core import fit_logging, EpochCheckpoint, atomic_write, autocast, mixed_precision as add_mixed_precision, init_distributed, broadcast_list, DDPTrainer, main_process, per_process
+from .core import fit_logging, EpochCheckpoint, atomic_write, autocast, mixed_precision as add_mixed_precision, init_distributed, broadcast_list, DDPTrainer, per_process
 from .data import VOID, save_mask, load_mask, colorize, JointAugment, SegDataset, pad_collate, ImageBatches
 from .metrics import ConfusionMatrix
 from .cam import dilate_resnet
