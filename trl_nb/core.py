@@ -16,7 +16,7 @@ from fastai.torch_core import rank_distrib, num_distrib, distrib_barrier
 __all__ = ['PRECISIONS', 'atomic_write', 'write_json', 'read_json', 'Records', 'DataError', 'cli_parser', 'run_cli',
            'interactive', 'epoch_logger', 'tensorboard_cb', 'fit_logging', 'EpochCheckpoint', 'cpu_bf16', 'precision',
            'autocast', 'CPUMixedPrecision', 'mixed_precision', 'init_distributed', 'broadcast_list', 'ShardedDL',
-           'CPUSyncBatchNorm', 'sync_batchnorm_cpu', 'DDPTrainer', 'main_process', 'per_process']
+           'CPUSyncBatchNorm', 'sync_batchnorm_cpu', 'DDPTrainer', 'main_process', 'per_process', 'process_share']
 
 # %% ../nbs/00_core.ipynb #0383638a
 @contextlib.contextmanager
@@ -367,3 +367,7 @@ def per_process(bs:int # a global batch size: items per optimiser step over all 
     ws = max(num_distrib(), 1)
     if bs % ws: raise DataError(f'batch size {bs} does not split over {ws} processes: use a multiple of {ws}')
     return bs // ws
+
+def process_share(items)->list:
+    "This process's share of `items` for per-image work, `items[rank::world_size]` (all of them outside `torchrun`)."
+    return list(items)[rank_distrib()::max(num_distrib(), 1)]

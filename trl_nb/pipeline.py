@@ -10,7 +10,7 @@ import numpy as np, pandas as pd, torch
 from fastcore.basics import store_attr, patch, noop
 from fastcore.script import call_parse, Param
 from fastai.torch_core import set_seed
-from .core import DataError, write_json, read_json, Records, run_cli, fit_logging, atomic_write, precision, PRECISIONS, init_distributed, main_process
+from .core import DataError, write_json, read_json, Records, run_cli, fit_logging, atomic_write, precision, PRECISIONS, init_distributed, main_process, process_share
 from fastai.torch_core import rank_distrib, num_distrib, distrib_barrier
 from .data import validate_data, SegData, load_image, load_heatmap, load_mask, save_mask, colorize, voc_palette, imagenet_weights
 from .metrics import evaluate_folder
@@ -409,7 +409,7 @@ def cam_threshold(self:Run)->float:
 def cam_pseudo_labels(self:Run):
     "Pseudo labels from `h0` with the background threshold chosen on the strong images (the `cam` baseline)."
     dest, th = self.out/'baselines'/'cam'/'pseudo_labels', self.cam_threshold()
-    for i in self.ds.ids('train_weak')[rank_distrib()::max(num_distrib(), 1)]:  # this process's share
+    for i in process_share(self.ds.ids('train_weak')):
         fn = dest/f'{i}.png'
         if fn.exists(): continue
         h = load_heatmap(self.out/'heatmaps'/'cam'/f'{i}.npz', self.ds.n_classes)

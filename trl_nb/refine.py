@@ -20,7 +20,7 @@ from fastai.data.load import DataLoader
 from fastai.torch_core import set_seed, default_device
 from fastprogress.fastprogress import progress_bar
 from .core import (run_cli, fit_logging, EpochCheckpoint, interactive, DataError, atomic_write, Records, autocast, mixed_precision, precision,
-                         init_distributed, DDPTrainer, main_process)
+                         init_distributed, DDPTrainer, main_process, process_share)
 from fastai.torch_core import rank_distrib, num_distrib, distrib_barrier
 from .data import (validate_data, VOID, SegData, save_mask, load_mask, save_heatmap, load_heatmap, ImageBatches, HeatmapReader,
                          RefineDataset, JointAugment, pad_collate, refine_dls)
@@ -397,7 +397,7 @@ def write_pseudo_labels(self:Refinement, k:int # the last round
         if main_process() and self.pseudo_dir.exists(): shutil.rmtree(self.pseudo_dir)
         self.store.write('pseudo_labels', want)
     n = self.data.n_classes
-    for i in _progress(self.data.ids('train_weak')[rank_distrib()::max(num_distrib(), 1)], self.bar):  # this process's share
+    for i in _progress(process_share(self.data.ids('train_weak')), self.bar):
         fn = self.pseudo_dir/f'{i}.png'
         if not fn.exists(): save_mask(load_heatmap(self.heat_dir(k)/f'{i}.npz', n).argmax(0).astype(np.uint8), fn)
     distrib_barrier()

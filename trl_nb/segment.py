@@ -17,7 +17,7 @@ from fastai.data.core import DataLoaders
 from fastai.callback.schedule import ParamScheduler
 from fastai.learner import Learner, Metric
 from fastai.optimizer import Adam
-from .core import fit_logging, EpochCheckpoint, atomic_write, autocast, mixed_precision as add_mixed_precision, init_distributed, broadcast_list, DDPTrainer, per_process
+from .core import fit_logging, EpochCheckpoint, atomic_write, autocast, mixed_precision as add_mixed_precision, init_distributed, broadcast_list, DDPTrainer, per_process, process_share
 from .data import VOID, save_mask, load_mask, colorize, JointAugment, SegDataset, pad_collate, ImageBatches
 from .metrics import ConfusionMatrix
 from .cam import dilate_resnet
@@ -487,7 +487,7 @@ def predict_folder(model:nn.Module, # a `DeepLabLargeFOV` (or a DDP wrapper of o
     "Predict every image of `split` with the strong head into palette PNGs `<out_dir>/<id>.png`; returns the paths."
     model, out_dir = getattr(model, 'module', model), Path(out_dir)
     ids = data.ids(split) if ids is None else list(ids)
-    mine = sorted(ids, key=lambda i: (data.image_size(i), i))[rank_distrib()::max(num_distrib(), 1)]
+    mine = process_share(sorted(ids, key=lambda i: (data.image_size(i), i)))
     dev = next(model.parameters()).device
     was_training, paths = model.training, []
     model.eval()
