@@ -16,10 +16,11 @@ from fastcore.basics import store_attr
 from fastcore.script import call_parse
 from fastprogress.fastprogress import progress_bar
 from fastai.learner import Learner
-from fastai.callback.schedule import fit_one_cycle
+from fastai.callback.schedule import fit_one_cycle  # adds `Learner.fit_one_cycle`
 from fastai.torch_core import params, set_seed
 from fastai.metrics import accuracy_multi
-from .core import run_cli, fit_logging, interactive, DataError, atomic_write, autocast, mixed_precision, write_json, read_json, init_distributed, DDPTrainer
+from .core import run_cli, fit_logging, interactive, DataError, atomic_write, autocast, mixed_precision, write_json, read_json, init_distributed, DDPTrainer, main_process
+from fastai.torch_core import rank_distrib, num_distrib, distrib_barrier
 from .data import validate_data, VOID, SegData, cls_dls, save_heatmap, load_heatmap, ImageBatches
 from .metrics import ConfusionMatrix
 
@@ -274,6 +275,7 @@ def trl_cam(data:str=None, # data set folder in the VOC layout (required)
     if data is None or out is None: raise DataError('--data DIR and --out DIR are required')
     if Path(out).exists() and not Path(out).is_dir(): raise DataError(f'--out {out} is a file, not a folder')
     ds, out = validate_data(data, mask_dir), Path(out)
+    init_distributed()  # under `torchrun`: data-parallel training, each process its share of the heat maps
     set_seed(seed, reproducible=True)
     ck = Path(checkpoint) if checkpoint else out/'checkpoints'/'cam.pth'
     settings = dict(arch=arch, weights=weights, output_stride=output_stride, epochs=epochs, lr=lr, size=size, bs=bs, seed=seed,
@@ -289,13 +291,15 @@ def trl_cam(data:str=None, # data set folder in the VOC layout (required)
         learn = cam_learner(ds, arch, weights, output_stride, size=size, bs=bs, num_workers=workers)
         with fit_logging(learn, 'cam', out/'logs'): train_cam(learn, epochs, lr)  # history: <out>/logs/cam.csv
         model = learn.model.eval()
-        save_cam_model(model, ck)
-        write_json(settings, rec)
+        if main_process(): save_cam_model(model, ck); write_json(settings, rec)
+        distrib_barrier()
     ids = ds.ids('train_strong') + ds.ids('train_weak')
     extract_cams(model, ds, ids, out/'heatmaps'/'cam', bs=cam_bs, scales=tuple(float(s) for s in scales.split(',')),
-                 flip=not no_flip, num_workers=workers)
+                 flip=not no_flip, num_workers=workers, rank=rank_distrib(), world_size=max(num_distrib(), 1))
+    distrib_barrier()
     weak = ds.ids('train_weak')
     if not _has_masks(ds, weak): return None
+    if not main_process(): return distrib_barrier() or read_json(out/'cam_eval.json')  # rank 0 evaluates
     best = float(cam_threshold_sweep(out/'heatmaps'/'cam', ds, 'train_strong').miou.idxmax())  # chosen on strong masks
     sweep = cam_threshold_sweep(out/'heatmaps'/'cam', ds, 'train_weak')
     res = dict(split='train_weak', threshold=best, miou=float(sweep.miou[best]), threshold_from='train_strong',
@@ -303,6 +307,7 @@ def trl_cam(data:str=None, # data set folder in the VOC layout (required)
                sweep={str(t): float(v) for t, v in sweep.miou.items()})
     write_json(res, out/'cam_eval.json')
     print(f"CAM pseudo labels on train_weak: mIoU {res['miou']:.4f} at threshold {best} (chosen on the strong images)")
+    distrib_barrier()
     return res
 
 def trl_cam_main():

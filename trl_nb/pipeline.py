@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_pipeline.ipynb #65fd270e
 from __future__ import annotations
-import json, os, re, shutil, sys, time, platform
+import json, os, re, shutil, time, platform
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from fastcore.basics import store_attr, patch, noop
@@ -12,12 +12,12 @@ from fastcore.script import call_parse, Param
 from fastai.torch_core import set_seed
 from .core import DataError, write_json, read_json, Records, run_cli, fit_logging, atomic_write, precision, PRECISIONS, init_distributed, main_process, process_share
 from fastai.torch_core import rank_distrib, num_distrib, distrib_barrier
-from .data import validate_data, SegData, load_image, load_heatmap, load_mask, save_mask, colorize, voc_palette, imagenet_weights
+from .data import validate_data, SegData, load_heatmap, load_mask, save_mask, colorize, voc_palette, imagenet_weights
 from .metrics import evaluate_folder
 from .synth import synthesize, EMBEDDED
 from .cam import cam_learner, train_cam, extract_cams, save_cam_model, load_cam_model, cam_threshold_sweep, cam_to_labels
 from .refine import refine, refine_config, pretrain_image_stream, evaluate_stages, stage_names, refine_configs
-from .segment import train_segmenter, save_segmenter, load_segmenter, predict_folder, plot_segmentations, segmenter_name, RESNET_TRUNK, PAPER_SEGMENTER
+from .segment import train_segmenter, load_segmenter, predict_folder, plot_segmentations, segmenter_name, RESNET_TRUNK, PAPER_SEGMENTER
 
 # %% auto #0
 __all__ = ['run_configs', 'run_segmenters', 'TWINS_IMAGENET', 'choose_config', 'data_identity', 'read_yaml', 'parse_overrides',
@@ -37,7 +37,7 @@ run_configs = dict(
     cpu=dict(synth=dict(EMBEDDED),
              cam=dict(arch='resnet18', output_stride=16, epochs=30, size=64, bs=32, lr=3e-3, scales=(1.0, 1.5), flip=True, cam_bs=32),
              pretrain=dict(epochs=6, lr=2e-3, bs=32),
-             refine=dict(config='small', rounds=2, epochs=45, lr=3e-3, strong_maps='self'),
+             refine=dict(config='small', rounds=2, steps=360, lr=3e-3, strong_maps='self'),
              seg=_cpu_seg,
              baselines=('sup_only', 'full_sup', 'cam')),
     paper=dict(synth=dict(),

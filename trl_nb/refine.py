@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib, json, shutil, time
 from functools import partial
 from pathlib import Path
-import numpy as np, pandas as pd, torch, torch.nn.functional as F
+import numpy as np, pandas as pd, torch
 from fastcore.basics import store_attr, patch
 from fastcore.meta import delegates
 from fastcore.script import call_parse
@@ -22,7 +22,7 @@ from fastprogress.fastprogress import progress_bar
 from .core import (run_cli, fit_logging, EpochCheckpoint, interactive, DataError, atomic_write, Records, autocast, mixed_precision, precision,
                          init_distributed, DDPTrainer, main_process, process_share)
 from fastai.torch_core import rank_distrib, num_distrib, distrib_barrier
-from .data import (validate_data, VOID, SegData, save_mask, load_mask, save_heatmap, load_heatmap, ImageBatches, HeatmapReader,
+from .data import (validate_data, VOID, SegData, save_mask, save_heatmap, load_heatmap, ImageBatches, HeatmapReader,
                          RefineDataset, JointAugment, pad_collate, refine_dls)
 from .metrics import ConfusionMatrix, evaluate_folder
 from .dctn import dctn, dctn_config, class_label_filter, load_twins_weights, TwinsClassifier
@@ -31,16 +31,16 @@ from .data import cls_dls, train_loader
 
 # %% auto #0
 __all__ = ['refine_configs', 'stage_names', 'refine_config', 'round_variant', 'step_schedule', 'refine_learner', 'save_refiner',
-           'load_refiner', 'train_round', 'pretrain_image_stream', 'predict_heatmaps', 'write_refined', 'fold_ids',
-           'files_digest', 'Refinement', 'refine', 'evaluate_heatmaps', 'evaluate_stages', 'trl_refine',
+           'load_refiner', 'fit_epochs', 'train_round', 'pretrain_image_stream', 'predict_heatmaps', 'write_refined',
+           'fold_ids', 'files_digest', 'Refinement', 'refine', 'evaluate_heatmaps', 'evaluate_stages', 'trl_refine',
            'trl_refine_main']
 
 # %% ../nbs/06_refine.ipynb #85b07c61
 refine_configs = dict(
-    small=dict(dctn='cpu', dctn_kw={}, crop=64, bs=8, epochs=30, lr=1e-3, schedule='one_cycle', decay_at=0.7, decay=0.1,
+    small=dict(dctn='cpu', dctn_kw={}, crop=64, bs=8, epochs=30, steps=None, lr=1e-3, schedule='one_cycle', decay_at=0.7, decay=0.1,
                wd=0., scale=(0.7, 1.3), strong_maps='oof', folds=2, infer_bs=32, num_workers=0, pretrained=None, save_every=1,
                sqr_mom=0.99),
-    paper=dict(dctn='svt_s', dctn_kw={}, crop=320, bs=8, epochs=150, lr=1e-4, schedule='step', decay_at=0.7, decay=0.1, wd=0.,
+    paper=dict(dctn='svt_s', dctn_kw={}, crop=320, bs=8, epochs=150, steps=None, lr=1e-4, schedule='step', decay_at=0.7, decay=0.1, wd=0.,
                scale=(0.7, 1.3), strong_maps='self', folds=2, infer_bs=16, num_workers=4, pretrained=None, save_every=5,
                sqr_mom=0.999))  # Adam's beta2: Kingma & Ba's 0.999, which Sec. 4.1 does not change (fastai's default is 0.99)
 
@@ -54,6 +54,7 @@ def refine_config(name:str='small', # a key of `refine_configs`
     cfg.update(kwargs)
     if cfg['schedule'] not in ('step', 'one_cycle'): raise ValueError(f"schedule must be 'step' or 'one_cycle', got {cfg['schedule']!r}")
     if cfg['strong_maps'] not in ('self', 'oof'): raise ValueError(f"strong_maps must be 'self' or 'oof', got {cfg['strong_maps']!r}")
+    if cfg['steps'] is not None and cfg['steps'] < 1: raise ValueError(f"steps must be >= 1 or None, got {cfg['steps']}")
     if cfg['strong_maps'] == 'oof' and cfg['folds'] < 2: raise ValueError(f"out-of-fold maps need folds >= 2, got {cfg['folds']}")
     if isinstance(cfg['scale'], list): cfg['scale'] = tuple(cfg['scale'])
     if cfg['pretrained'] is not None: cfg['pretrained'] = str(cfg['pretrained'])
@@ -125,6 +126,14 @@ def load_refiner(path, # a file written by `save_refiner`
     model.load_state_dict(ck['state_dict'])
     return model.eval()
 
+# %% ../nbs/06_refine.ipynb #8f34549c
+def fit_epochs(cfg:dict, # a `refine_config`
+               n_batches:int, # optimiser steps in one pass over the training images
+              )->int:
+    "Epochs of a refinement network's training: `cfg['epochs']`, or with `cfg['steps']` set, the whole passes nearest to it."
+    if cfg.get('steps') is None: return cfg['epochs']
+    return max(1, round(cfg['steps'] / max(n_batches, 1)))
+
 # %% ../nbs/06_refine.ipynb #3b455e8f
 def train_round(data:SegData, # the data set
                 heatmaps, # input heat maps of the strong images (folder or callable)
@@ -147,8 +156,9 @@ def train_round(data:SegData, # the data set
     part = None if ckpt is None else Path(f'{ckpt}.partial')  # mid-fit state: a killed fit resumes after its last epoch
     cbs = ([] if part is None else [EpochCheckpoint(part, cfg['save_every'])]) + ([DDPTrainer()] if init_distributed() else [])
     with fit_logging(learn, Path(ckpt).stem if ckpt else variant, log_dir, bar):
-        if cfg['schedule'] == 'one_cycle': learn.fit_one_cycle(cfg['epochs'], cfg['lr'], cbs=cbs)
-        else: learn.fit(cfg['epochs'], cfg['lr'], cbs=cbs + [ParamScheduler({'lr': step_schedule(cfg['lr'], cfg['decay_at'], cfg['decay'])})])
+        epochs = fit_epochs(cfg, len(learn.dls.train))
+        if cfg['schedule'] == 'one_cycle': learn.fit_one_cycle(epochs, cfg['lr'], cbs=cbs)
+        else: learn.fit(epochs, cfg['lr'], cbs=cbs + [ParamScheduler({'lr': step_schedule(cfg['lr'], cfg['decay_at'], cfg['decay'])})])
     if ckpt is not None and main_process():
         save_refiner(learn.model, ckpt, variant, cfg)
         part.unlink(missing_ok=True)
@@ -501,6 +511,7 @@ def trl_refine(data:str=None, # data set folder (VOC layout)
                strong_maps:str=None, # strong images' maps for training the next round: 'oof' or 'self'
                folds:int=None, # folds of the out-of-fold maps
                epochs:int=None, # training epochs per network
+               steps:int=None, # optimiser steps per network, in whole epochs (instead of --epochs)
                crop:int=None, # crop size
                dctn:str=None, # DCTN architecture: a key of `dctn_cfgs` ('cpu', 'small', 'svt_s', 'tiny')
                bs:int=None, # batch size
@@ -513,7 +524,7 @@ def trl_refine(data:str=None, # data set folder (VOC layout)
     "Refinement rounds of TRL on a data set's weak images, pseudo labels in <out>/pseudo_labels."
     if data is None: raise DataError('--data DIR is required (a data set in the VOC layout)')
     if Path(out).exists() and not Path(out).is_dir(): raise DataError(f'--out {out} is a file, not a folder')
-    kw = {k: v for k, v in dict(strong_maps=strong_maps, folds=folds, epochs=epochs, crop=crop, bs=bs, lr=lr, dctn=dctn).items() if v is not None}
+    kw = {k: v for k, v in dict(strong_maps=strong_maps, folds=folds, epochs=epochs, steps=steps, crop=crop, bs=bs, lr=lr, dctn=dctn).items() if v is not None}
     ds = validate_data(data, mask_dir)
     if heatmaps is not None and not Path(heatmaps).is_dir(): raise DataError(f'heat map folder not found: {heatmaps}')
     if heatmaps is None and not (Path(out)/'heatmaps'/'cam').is_dir():

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_segment.ipynb #f48c9a46
 from __future__ import annotations
-import math, os
+import math
 from collections import OrderedDict
 from functools import partial
 from pathlib import Path
