@@ -320,6 +320,7 @@ def check_settings(self:Refinement):
     old = self.store.read('refine')
     if 'inputs' not in old: s.pop('inputs')  # a folder recorded before the inputs' digests resumes on its settings
     old.setdefault('precision', s['precision'])  # recorded before precision was: the refinement networks ran as they do now
+    old.get('config', {}).setdefault('steps', None)  # recorded before `steps` was: trained by epochs
     if old != s:
         diff = {k: (old.get(k), s.get(k)) for k in s if old.get(k) != s.get(k)}
         if 'config' in diff:
